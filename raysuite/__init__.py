@@ -1,0 +1,3 @@
+"""raysuite: a distributed experiment sweeper for label-efficient medical imaging."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""``raysuite`` command line (DESIGN.md): sweep, train, validate, data, report.
+
+Exit codes: 0 success, 2 bad input or usage (the message names file and key), 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+from raysuite.spec import DATA_FORMATS, SpecError, load_spec, smoke
+
+
+def _load(args: argparse.Namespace):
+    spec = load_spec(args.spec, args.set)
+    return smoke(spec) if getattr(args, "smoke", False) else spec
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    from raysuite.tune.sweep import run_sweep
+
+    outcome = run_sweep(spec, resume=args.resume, address=args.address)
+    print(f"parent run {outcome.parent_run_id}; trainings per stage: {outcome.stage_runs}")
+    if not outcome.summary.empty:
+        print(outcome.summary[["config", "n", "mean ± std"]].to_string(index=False))
+    if outcome.failed:
+        print("error: some trials failed after their retries (see their MLflow runs)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    from raysuite.tune.sweep import run_single
+
+    print(f"run {run_single(spec, address=args.address)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = args.paths or sorted(glob.glob("sweeps/*.yaml")) + ["cluster.yaml"] + sorted(glob.glob("dashboards/*.json"))
+    for path in paths:
+        name = Path(path).name
+        if name == "cluster.yaml" or name.startswith("cluster"):
+            from raysuite.tune.cluster import validate_cluster
+
+            try:
+                validate_cluster(path)
+            except ValueError as err:
+                raise SpecError(path, "", str(err).removeprefix(f"{path}: ")) from None
+        elif path.endswith(".json"):
+            try:
+                json.loads(Path(path).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SpecError(path, "", f"invalid JSON: {err}") from None
+        else:
+            load_spec(path)
+        print(f"ok  {path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from raysuite.data.formats import FORMATS
+
+    if args.format not in FORMATS:
+        raise SpecError(None, "FORMAT", f"{args.format!r} is not implemented yet; available: {sorted(FORMATS)}")
+    fmt = FORMATS[args.format]
+    if args.action == "synth":
+        counts = fmt.synth(args.out, cases=args.cases, seed=args.seed)
+        print(f"wrote {counts} to {args.out}")
+    else:
+        cases = fmt.find_cases(args.root)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        cases.drop(columns=[]).to_parquet(args.out, index=False)
+        print(f"{len(cases)} cases ({int(cases.labelled.sum())} labelled) -> {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="raysuite", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sw = sub.add_parser("sweep", help="run a sweep spec with Ray Tune")
+    sw.add_argument("spec")
+    sw.add_argument("--address", default=None, help="Ray cluster address (default: start or join local Ray)")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sw.add_argument("--smoke", action="store_true", help="shrink the spec to run in minutes on a CPU")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sw.set_defaults(func=cmd_sweep)
+    tr = sub.add_parser("train", help="one trial of a spec with Ray Train (no Tune)")
+    tr.add_argument("spec")
+    tr.add_argument("--address", default=None)
+    tr.add_argument("--smoke", action="store_true")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    tr.set_defaults(func=cmd_train)
+    va = sub.add_parser("validate", help="check sweeps/*.yaml, cluster.yaml, dashboards/*.json")
+    va.add_argument("paths", nargs="*")
+    va.set_defaults(func=cmd_validate)
+    da = sub.add_parser("data", help="synthesise or ingest a dataset")
+    dsub = da.add_subparsers(dest="action", required=True)
+    sy = dsub.add_parser("synth")
+    sy.add_argument("format", choices=DATA_FORMATS)
+    sy.add_argument("out")
+    sy.add_argument("--cases", type=int, default=10)
+    sy.add_argument("--seed", type=int, default=0)
+    ing = dsub.add_parser("ingest")
+    ing.add_argument("format", choices=DATA_FORMATS)
+    ing.add_argument("root")
+    ing.add_argument("out")
+    da.set_defaults(func=cmd_data)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as err:
+        return int(err.code or 0)
+    try:
+        return args.func(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - a runtime failure: say what and exit 1
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

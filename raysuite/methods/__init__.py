@@ -1,0 +1,8 @@
+"""Registry of methods: one module per seed paper."""
+
+from raysuite.methods.base import Method
+from raysuite.methods.iou_simsiam_seg import METHOD as IOU_SIMSIAM_SEG
+
+METHODS: dict[str, Method] = {
+    "iou_simsiam_seg": IOU_SIMSIAM_SEG,
+}

@@ -1,0 +1,61 @@
+"""The method contract: a method is a small DAG of stages, each with a pydantic config
+(typed defaults from its seed) and a recipe builder for the shared epoch loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from raysuite.train.loop import Recipe
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: strict (typos are errors) and carrying the RNG seed."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a stage's recipe builder receives inside a training worker."""
+
+    cfg: Any  # the stage's StageConfig subclass
+    data: dict[str, Any]  # the spec's data section (format, root, cache_dir)
+    upstream: Path | None  # local directory of the consumed stage's checkpoint, if any
+    seed: int  # effective RNG seed of this run
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class StageDef:
+    name: str
+    config: type[StageConfig]
+    recipe: Callable[[StageInputs], Recipe]
+    consumes: str | None = None  # stage whose output this one loads
+    cacheable: bool = False  # output stored in the stage cache under a content hash
+    skip: Callable[[Any], bool] = lambda cfg: False  # e.g. "no pretraining" arm
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    seed: str  # seed paper file in shared/seeds
+    data_format: str
+    stages: dict[str, StageDef]
+    monitor: str  # headline metric, e.g. "val/dice"
+    tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
+    smoke: dict[str, dict[str, Any]] = field(default_factory=dict)
+    smoke_cases: int = 6
+    smoke_max_t: int = 3
+    check: Callable[[dict[str, dict[str, Any]]], list[tuple[str, str]]] = lambda configs: []
+    prepare_data: Callable[[dict[str, Any]], None] = lambda data: None
+    manifest_hash: Callable[[dict[str, Any], str, Any], str] = lambda data, stage, cfg: ""
+
+    def final_stage(self) -> str:
+        return list(self.stages)[-1]

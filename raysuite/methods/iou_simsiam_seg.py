@@ -1,0 +1,443 @@
+"""Method ``iou_simsiam_seg`` (seed 001_a6906726c99d77f3, "IoU-based positives").
+
+Stage ``pretrain``: SimSiam (eq. 4.1) on unlabelled 2-D CT slices with two 96x96 crops
+whose IoU lies in ``iou_interval`` (Algorithm 1, r1=30, r2=4), per-crop augmentations of
+§4.5, the Swin transformer encoder of a 2-D Swin UNETR (C=48, window 7, depths 2,2,2,2,
+heads 3,6,12,24, drop path 0.1), SGD momentum 0.9, lr 0.025 cosine to 1e-6 (no decay on the
+predictor), wd 1e-5 not on norms/biases, batch 128, 100 epochs, collapse coefficient
+(eq. 4.3) on the predictor output each epoch. ``iou_interval: null`` skips the stage (the
+scratch baseline); ``[0, 1]`` is plain random cropping.
+
+Stage ``finetune``: 2-D Swin UNETR on 13 FLARE22 organs, encoder loaded strictly from the
+pretraining, DiceCE loss, AdamW with 10-epoch warm-up to 1e-3 and cosine to 5e-5, wd 1e-5
+not on norms/biases, batch 32 images x 2 crops (organ-centred with p=0.5), evaluation every
+10 epochs and every epoch from epoch 90, early stop after 20 epochs without improvement,
+sliding-window inference (roi 96, overlap 0.25), ``val/dice`` (eq. 4.2).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from raysuite.data import augment
+from raysuite.data.cache import SliceCache, default_cache_dir
+from raysuite.data.crops import sample_pair
+from raysuite.data.formats import flare22
+from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.nn.optim import decay_groups, warmup_cosine
+from raysuite.methods.nn.seg_metrics import dice_per_slice
+from raysuite.methods.nn.simsiam import PredictionMLP, ProjectionMLP, collapse_coefficient, simsiam_loss
+from raysuite.train.loop import STATE_FILE, Recipe
+
+PREP = flare22.Preprocessing()
+
+
+class Backbone(StageConfig):
+    feature_size: int = Field(48, ge=12)
+    depths: tuple[int, int, int, int] = (2, 2, 2, 2)
+    num_heads: tuple[int, int, int, int] = (3, 6, 12, 24)
+    window_size: int = 7
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    num_workers: int = Field(4, ge=0)  # DataLoader processes per training worker
+    amp: bool = True  # mixed precision on GPU (the seed ran everything under AMP)
+
+    @field_validator("feature_size")
+    @classmethod
+    def _div12(cls, v: int) -> int:
+        if v % 12:
+            raise ValueError("Swin UNETR needs feature_size divisible by 12")
+        return v
+
+
+class PretrainConfig(Backbone):
+    iou_interval: tuple[float, float] | None = (0.3, 0.6)
+    iou_min: float | None = Field(None, ge=0, le=1)  # alternative parameterisation for search:
+    iou_width: float | None = Field(None, gt=0, le=1)  # interval = [iou_min, min(1, iou_min + width)]
+    r1: int = Field(30, ge=1)
+    r2: int = Field(4, ge=1)
+    crop_size: int = Field(96, ge=32)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.025, gt=0)
+    final_lr: float = Field(1e-6, ge=0)
+    momentum: float = 0.9
+    weight_decay: float = Field(1e-5, ge=0)
+    proj_dim: int = Field(2048, ge=8)
+    pred_dim: int = Field(512, ge=4)
+    drop_path: float = Field(0.1, ge=0, lt=1)
+    max_slices_per_epoch: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _interval(self) -> PretrainConfig:
+        if (self.iou_min is None) != (self.iou_width is None):
+            raise ValueError("iou_min and iou_width go together")
+        if self.iou_min is not None:
+            self.iou_interval = (self.iou_min, min(1.0, self.iou_min + self.iou_width))
+            self.iou_min = self.iou_width = None
+        if self.iou_interval is not None:
+            lo, hi = self.iou_interval
+            if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
+                raise ValueError(f"iou_interval {list(self.iou_interval)} must lie in [0, 1]")
+            if lo > hi:
+                raise ValueError(f"iou_interval {list(self.iou_interval)}: i_min > i_max")
+        if self.crop_size % 32:
+            raise ValueError("crop_size must be a multiple of 32 (Swin UNETR downsamples 32x)")
+        return self
+
+
+class FinetuneConfig(Backbone):
+    epochs: int = Field(225, ge=1)
+    batch_size: int = Field(32, ge=1)
+    crops_per_image: int = Field(2, ge=1)
+    pos_fraction: float = Field(0.5, ge=0, le=1)
+    crop_size: int = Field(96, ge=32)
+    lr: float = Field(1e-3, gt=0)
+    final_lr: float = Field(5e-5, ge=0)
+    warmup_epochs: int = Field(10, ge=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    labelled_cases: int = Field(15, ge=1)
+    val_cases: int = Field(35, ge=1)
+    split_seed: int = 0
+    eval_every: int = Field(10, ge=1)
+    eval_every_epoch_from: int = Field(90, ge=1)
+    patience: int | None = Field(20, ge=1)
+    sw_overlap: float = Field(0.25, ge=0, lt=1)
+    sw_batch_size: int = Field(8, ge=1)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def prepare_data(data: dict[str, Any]) -> None:
+    """Synthesise the dataset when the root is absent and ``synthetic_if_missing`` is set.
+
+    Deterministic (seeded), guarded by a lock file, so every node can run it safely.
+    """
+    root = Path(data["root"])
+    if (root / ".raysuite-complete").exists() or (root.exists() and any(root.rglob("*_0000.nii.gz"))):
+        return
+    if not data.get("synthetic_if_missing"):
+        raise FileNotFoundError(f"{root}: no FLARE22 data (set data.synthetic_if_missing: true to synthesise)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(root) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".raysuite-complete").exists():
+            flare22.synth(root, cases=data.get("synthetic_cases") or 20, seed=0)
+            (root / ".raysuite-complete").write_text("synthetic\n")
+
+
+def _cases(data: dict[str, Any], cfg: FinetuneConfig | None) -> Any:
+    cases = flare22.find_cases(data["root"])
+    if cfg is None:
+        return cases
+    return flare22.split_cases(cases, cfg.labelled_cases, cfg.val_cases, cfg.split_seed)
+
+
+def manifest_hash(data: dict[str, Any], stage: str, cfg: Any) -> str:
+    cases = _cases(data, cfg if stage == "finetune" else None)
+    if stage == "pretrain":
+        cases = cases[~cases.labelled]
+    return flare22.manifest_hash(cases, PREP)
+
+
+def _slice_cache(data: dict[str, Any]) -> SliceCache:
+    return SliceCache(data.get("cache_dir") or default_cache_dir(), "flare22", PREP.key())
+
+
+def _load_cases(data: dict[str, Any], rows: Any) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    cache = _slice_cache(data)
+    out = []
+    for row in rows.itertuples():
+        label = row.label if row.labelled else None
+        out.append(cache.get(row.image, label, lambda i, lab: flare22.preprocess(i, lab, PREP)))
+    return out
+
+
+class _Rng:
+    """Per-process random streams derived from torch's seed (distinct per DataLoader worker)."""
+
+    _owner: tuple[int, int] | None = None
+
+    def streams(self) -> tuple[random.Random, np.random.Generator]:
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), info.id if info else -1)
+        if self._owner != owner:
+            seed = torch.initial_seed() % 2**63
+            self._py, self._np = random.Random(seed), np.random.default_rng(seed)
+            self._owner = owner
+        return self._py, self._np
+
+
+class PairDataset(Dataset):
+    """Unlabelled slices -> two augmented IoU-constrained crops.
+
+    Item: ``(view1 (1, S, S), view2 (1, S, S), fallback (bool tensor))``.
+    """
+
+    def __init__(self, volumes: list[np.ndarray], cfg: PretrainConfig):
+        self.index = [(v, z) for v, vol in enumerate(volumes) for z in range(vol.shape[0])]
+        self.volumes, self.cfg, self.rng = volumes, cfg, _Rng()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v, z = self.index[i]
+        image = self.volumes[v][z]
+        s, (py, npr) = self.cfg.crop_size, self.rng.streams()
+        h, w = image.shape
+        if h < s or w < s:
+            image = np.pad(image, ((0, max(0, s - h)), (0, max(0, s - w))))
+            h, w = image.shape
+        pair = sample_pair(h, w, s, tuple(self.cfg.iou_interval), py, self.cfg.r1, self.cfg.r2)
+        views = []
+        for top, left in (pair.first, pair.second):
+            crop = torch.from_numpy(np.asarray(image[top : top + s, left : left + s], dtype=np.float32))[None]
+            views.append(augment.augment(crop, npr, augment.PRETRAIN)[0])
+        return views[0], views[1], torch.tensor(pair.fallback)
+
+
+class LabelledCropDataset(Dataset):
+    """Labelled slices -> ``crops_per_image`` crops centred on an organ with ``pos_fraction``.
+
+    Item: ``(images (K, 1, S, S), labels (K, S, S) int64)``.
+    """
+
+    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], cfg: FinetuneConfig):
+        self.cases, self.cfg, self.rng = cases, cfg, _Rng()
+        self.index = [(c, z) for c, (img, _) in enumerate(cases) for z in range(img.shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, z = self.index[i]
+        img, seg = self.cases[c]
+        image, label = np.asarray(img[z], np.float32), np.asarray(seg[z], np.int64)
+        s, (_, npr) = self.cfg.crop_size, self.rng.streams()
+        pad = ((0, max(0, s - image.shape[0])), (0, max(0, s - image.shape[1])))
+        image, label = np.pad(image, pad), np.pad(label, pad)
+        h, w = image.shape
+        images, labels = [], []
+        for _ in range(self.cfg.crops_per_image):
+            pool = np.argwhere(label > 0) if npr.random() < self.cfg.pos_fraction else np.argwhere(label == 0)
+            cy, cx = pool[npr.integers(len(pool))] if len(pool) else (h // 2, w // 2)
+            top = int(np.clip(cy - s // 2, 0, h - s))
+            left = int(np.clip(cx - s // 2, 0, w - s))
+            x = torch.from_numpy(image[top : top + s, left : left + s].copy())[None]
+            y = torch.from_numpy(label[top : top + s, left : left + s].copy())
+            x, y = augment.augment(x, npr, augment.FINETUNE, y)
+            images.append(x)
+            labels.append(y)
+        return torch.stack(images), torch.stack(labels)
+
+
+def _stack_crops(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+
+
+# --------------------------------------------------------------------------- models
+
+
+def swin_unetr(cfg: Backbone, out_channels: int) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(
+        in_channels=1,
+        out_channels=out_channels,
+        feature_size=cfg.feature_size,
+        depths=cfg.depths,
+        num_heads=cfg.num_heads,
+        window_size=cfg.window_size,
+        dropout_path_rate=cfg.drop_path,
+        spatial_dims=2,
+    )
+
+
+class SimSiamSwin(nn.Module):
+    """Swin encoder -> global average pool -> projector f -> predictor h.
+
+    forward: (B, 1, S, S) x2 -> (p1, p2, z1, z2), each (B, proj_dim).
+    """
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.encoder = swin_unetr(cfg, out_channels=1).swinViT
+        self.projector = ProjectionMLP(16 * cfg.feature_size, cfg.proj_dim)
+        self.predictor = PredictionMLP(cfg.proj_dim, cfg.pred_dim)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(x, True)[-1].mean(dim=(2, 3)))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z1, z2 = self.embed(x1), self.embed(x2)
+        return self.predictor(z1), self.predictor(z2), z1, z2
+
+
+def load_encoder(model: nn.Module, checkpoint_dir: Path) -> None:
+    """Load the pretrained encoder into ``model.swinViT`` strictly (no missing keys)."""
+    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    result = model.swinViT.load_state_dict(encoder, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys, result
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+def pretrain_recipe(inp: StageInputs) -> Recipe:
+    cfg: PretrainConfig = inp.cfg
+    cases = _cases(inp.data, None)
+    rows = cases[~cases.labelled]
+    if rows.empty:
+        raise ValueError(f"{inp.data['root']}: no unlabelled cases to pretrain on")
+    volumes = [img for img, _ in _load_cases(inp.data, rows)]
+    dataset = PairDataset(volumes, cfg)
+    per_worker = max(2, cfg.batch_size // inp.world_size)
+    sampler = None
+    if cfg.max_slices_per_epoch:
+        sampler = torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), cfg.max_slices_per_epoch))
+    loader = DataLoader(
+        dataset, batch_size=per_worker, shuffle=sampler is None, sampler=sampler, drop_last=True,
+        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+    )  # fmt: skip
+    model = SimSiamSwin(cfg)
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        # Seed §4.5: no weight decay on BN/bias; cosine decay not applied to the predictor.
+        groups = decay_groups([module.encoder, module.projector], cfg.weight_decay)
+        groups += decay_groups([module.predictor], cfg.weight_decay, fixed_lr=True)
+        for group in groups:
+            group["lr"] = cfg.lr
+        return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum)
+
+    def step(net: nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
+        x1, x2, fallback = batch
+        p1, p2, z1, z2 = net(x1.to(device, non_blocking=True), x2.to(device, non_blocking=True))
+        return {
+            "loss": simsiam_loss(p1, p2, z1, z2),
+            "collapse": collapse_coefficient(p1),
+            "fallback": float(fallback.float().mean()),
+        }
+
+    def epoch_end(outputs: list[dict[str, Any]]) -> dict[str, float]:
+        return {
+            "collapse": float(np.mean([o["collapse"] for o in outputs])),
+            "iou_fallback_rate": float(np.mean([o["fallback"] for o in outputs])),
+        }
+
+    return Recipe(
+        stage="pretrain", model=model, train_loader=loader, make_optimizer=make_optimizer,
+        lr_at=lambda s, total: warmup_cosine(s, total, 0, cfg.lr, cfg.final_lr),
+        step=step, epochs=cfg.epochs, epoch_end=epoch_end, amp=cfg.amp,
+    )  # fmt: skip
+
+
+def finetune_recipe(inp: StageInputs) -> Recipe:
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+
+    cfg: FinetuneConfig = inp.cfg
+    cases = _cases(inp.data, cfg)
+    train = _load_cases(inp.data, cases[cases.split == "train"])
+    val = _load_cases(inp.data, cases[cases.split == "val"])
+    loader = DataLoader(
+        LabelledCropDataset(train, cfg), batch_size=max(1, cfg.batch_size // inp.world_size), shuffle=True,
+        drop_last=False, num_workers=cfg.num_workers, collate_fn=_stack_crops, persistent_workers=cfg.num_workers > 0,
+    )  # fmt: skip
+    model = swin_unetr(cfg, flare22.NUM_CLASSES)
+    if inp.upstream is not None:
+        load_encoder(model, inp.upstream)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(decay_groups([module], cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+
+    def lr_at(step: int, total: int) -> float:
+        warmup = cfg.warmup_epochs * max(1, total // cfg.epochs)
+        return warmup_cosine(step, total, warmup, cfg.lr, cfg.final_lr)
+
+    def step(net: nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
+        x, y = batch
+        logits = net(x.to(device, non_blocking=True))
+        return {"loss": loss_fn(logits, y.to(device)[:, None])}
+
+    @torch.no_grad()
+    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
+        net.eval()
+        organ, with_bg = [], []
+        for img, seg in val:
+            for z0 in range(0, img.shape[0], 16):
+                x = torch.from_numpy(np.asarray(img[z0 : z0 + 16], np.float32))[:, None].to(device)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
+                    logits = sliding_window_inference(
+                        x, cfg.crop_size, cfg.sw_batch_size, net, overlap=cfg.sw_overlap
+                    )
+                pred = logits.argmax(1).cpu()
+                dice = dice_per_slice(pred, torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64)), flare22.NUM_CLASSES)
+                organ.append(dice[:, 1:])
+                with_bg.append(dice)
+        net.train()
+        return {"val/dice": _nanmean(torch.cat(organ)), "val/dice_bg": _nanmean(torch.cat(with_bg))}
+
+    return Recipe(
+        stage="finetune", model=model, train_loader=loader, make_optimizer=make_optimizer, lr_at=lr_at,
+        step=step, epochs=cfg.epochs, evaluate=evaluate,
+        eval_epochs=lambda e: e % cfg.eval_every == 0 or e >= cfg.eval_every_epoch_from,
+        monitor="val/dice", mode="max", patience=cfg.patience, amp=cfg.amp,
+    )  # fmt: skip
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    valid = ~torch.isnan(x)
+    return float(x[valid].mean()) if valid.any() else float("nan")
+
+
+def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """Cross-stage checks: the fine-tuned Swin UNETR must match the pretrained encoder."""
+    pre, fine = configs["pretrain"], configs["finetune"]
+    errors = []
+    if pre["iou_interval"] is not None:
+        for key in ("feature_size", "depths", "num_heads", "window_size"):
+            if pre[key] != fine[key]:
+                errors.append((f"finetune.{key}", f"{fine[key]} differs from pretrain.{key} {pre[key]}"))
+    return errors
+
+
+_TINY_NET = {"feature_size": 12, "num_workers": 0}
+METHOD = Method(
+    name="iou_simsiam_seg",
+    seed="001_a6906726c99d77f3.txt",
+    data_format="flare22",
+    stages={
+        "pretrain": StageDef("pretrain", PretrainConfig, pretrain_recipe, cacheable=True,
+                             skip=lambda cfg: cfg["iou_interval"] is None),
+        "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
+    },  # fmt: skip
+    monitor="val/dice",
+    tiny={
+        "pretrain": {**_TINY_NET, "crop_size": 32, "proj_dim": 64, "pred_dim": 16, "batch_size": 16},
+        "finetune": {**_TINY_NET, "crop_size": 64, "batch_size": 8, "sw_batch_size": 16},
+    },
+    smoke={
+        "pretrain": {"epochs": 2, "max_slices_per_epoch": 64},
+        "finetune": {"epochs": 3, "labelled_cases": 3, "val_cases": 2, "warmup_epochs": 1,
+                     "eval_every": 1, "patience": None},
+    },  # fmt: skip
+    smoke_cases=5,
+    smoke_max_t=3,
+    check=check,
+    prepare_data=prepare_data,
+    manifest_hash=manifest_hash,
+)

@@ -1,0 +1,1 @@
+"""Shared network blocks, losses and optimisation helpers used by the methods."""

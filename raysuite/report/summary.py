@@ -1,0 +1,17 @@
+"""Per-configuration summary over repeats: n, mean, std (sample, ddof=1) of the objective."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def summarise(trials: pd.DataFrame, value: str = "objective") -> pd.DataFrame:
+    """``trials``: one row per finished trial with ``config_id``, ``config`` (label) and
+    ``value``. Returns one row per configuration: n, mean, std, min, max and
+    ``mean ± std`` as text, ordered by mean (best first is left to the caller)."""
+    done = trials.dropna(subset=[value])
+    grouped = done.groupby(["config_id", "config"], sort=False)[value]
+    out = grouped.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"], strict=True)]
+    return out

@@ -1,0 +1,363 @@
+"""Sweep spec: strict pydantic models, YAML loading with ``${VAR:-default}`` expansion,
+dotted-path checks against the method's stage configs, and the list of configurations a
+sweep runs.
+
+Every error is a :class:`SpecError` naming the file and the key path, raised before any
+Ray process starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATA_FORMATS = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura")
+
+
+class SpecError(ValueError):
+    """Bad sweep spec: carries the file and the dotted key path at fault."""
+
+    def __init__(self, path: str | os.PathLike | None, key: str, message: str):
+        self.path = str(path) if path is not None else "<spec>"
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class DataSpec(Strict):
+    format: Literal["vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura"]
+    root: str
+    synthetic_if_missing: bool = False
+    synthetic_cases: int | None = Field(default=None, ge=2)
+    cache_dir: str | None = None
+
+
+class Uniform(Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(Strict):
+    loguniform: tuple[float, float]
+
+
+class IntRange(Strict):
+    randint: tuple[int, int]
+
+
+class Choice(Strict):
+    choice: list[Any]
+
+
+Distribution = Uniform | LogUniform | IntRange | Choice
+
+
+class OptunaSpec(Strict):
+    n_trials: int = Field(ge=1)
+    space: dict[str, Distribution]
+    seed: int = 0
+
+    @field_validator("space")
+    @classmethod
+    def _ranges(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key, dist in space.items():
+            bounds = getattr(dist, "uniform", None) or getattr(dist, "loguniform", None)
+            bounds = bounds or getattr(dist, "randint", None)
+            if bounds is not None and bounds[0] >= bounds[1]:
+                raise ValueError(f"{key}: lower bound {bounds[0]} must be below {bounds[1]}")
+            if isinstance(dist, LogUniform) and dist.loguniform[0] <= 0:
+                raise ValueError(f"{key}: loguniform needs positive bounds")
+        return space
+
+
+class AshaSpec(Strict):
+    grace_period: int = Field(default=1, ge=1)
+    max_t: int = Field(default=100, ge=1)
+    reduction_factor: float = Field(default=3.0, gt=1)
+
+
+class SchedulerSpec(Strict):
+    asha: AshaSpec | None = None
+
+
+class SearchSpec(Strict):
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    repeats: dict[str, int] = Field(default_factory=dict)
+    optuna: OptunaSpec | None = None
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+
+    @field_validator("repeats")
+    @classmethod
+    def _positive(cls, repeats: dict[str, int]) -> dict[str, int]:
+        for key, count in repeats.items():
+            if count < 1:
+                raise ValueError(f"{key}: repeat count must be at least 1")
+        return repeats
+
+
+class Objective(Strict):
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    scope: Literal["best", "last"] = "best"
+
+
+class Resources(Strict):
+    workers_per_trial: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    max_concurrent_trials: int = Field(default=1, ge=1)
+    max_failures: int = Field(default=2, ge=0)
+
+
+class Faults(Strict):
+    """Recovery drill: the stage's training raises once after this epoch (then resumes
+    from its checkpoint). Used by the tests; harmless to leave out."""
+
+    stage: str
+    fail_once_at_epoch: int = Field(ge=1)
+
+
+class Spec(Strict):
+    name: str = Field(min_length=1)
+    method: str
+    data: DataSpec
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    objective: Objective
+    resources: Resources = Field(default_factory=Resources)
+    storage: str | None = None
+    tiny: bool = False
+    faults: Faults | None = None
+
+    @model_validator(mode="after")
+    def _known_method(self) -> Spec:
+        from raysuite.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {sorted(METHODS)}")
+        return self
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` as a POSIX shell would (empty counts as unset)."""
+    env = os.environ if env is None else env
+
+    def sub(match: re.Match[str]) -> str:
+        value = env.get(match.group(1))
+        if value:
+            return value
+        if match.group(2) is not None:
+            return match.group(2)
+        raise KeyError(match.group(1))
+
+    return _VAR.sub(sub, text)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))]
+    # pydantic appends the union member's class name for union errors; drop those.
+    parts = [p for p in parts if p not in {"Uniform", "LogUniform", "IntRange", "Choice"}]
+    return ".".join(parts)
+
+
+def parse_spec(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Spec:
+    """Validate a parsed YAML mapping into a :class:`Spec`, then check every dotted path."""
+    if not isinstance(raw, dict):
+        raise SpecError(path, "", "a sweep spec must be a YAML mapping")
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SpecError(path, _loc(first["loc"]), first["msg"]) from None
+    check_stages(spec, path)
+    _absolute_paths(spec)
+    return spec
+
+
+def _absolute_paths(spec: Spec) -> None:
+    """Trials run in other working directories: pin relative paths to this one."""
+    for owner, attr in ((spec.data, "root"), (spec.data, "cache_dir"), (spec, "storage")):
+        value = getattr(owner, attr)
+        if value and "://" not in value:
+            setattr(owner, attr, os.path.abspath(os.path.expanduser(value)))
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Spec:
+    """Read a spec file; ``overrides`` are ``key=value`` strings (value parsed as YAML)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError(path, "", f"cannot read: {err.strerror}") from None
+    try:
+        text = expand_env(text)
+    except KeyError as err:
+        raise SpecError(path, "", f"environment variable ${{{err.args[0]}}} is unset and has no default") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(path, "", f"invalid YAML: {err}") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(path, item, "--set expects key=value")
+        set_dotted(raw, key, yaml.safe_load(value), path)
+    return parse_spec(raw, path)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, path: Any = None) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(path, key, f"{part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def check_stages(spec: Spec, path: Any = None) -> None:
+    """Check stage configs, grid axes, repeats and Optuna space against the method's models."""
+    from raysuite.methods import METHODS
+
+    method = METHODS[spec.method]
+    for stage in spec.stages:
+        if stage not in method.stages:
+            raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}")
+    base = resolve_stage_configs(spec, {}, path, "stages")
+    keys = [("search.grid", k) for k in spec.search.grid]
+    keys += [("search.repeats", k) for k in spec.search.repeats]
+    if spec.search.optuna:
+        keys += [("search.optuna.space", k) for k in spec.search.optuna.space]
+    for section, key in keys:
+        stage, _, field = key.partition(".")
+        if stage not in method.stages or not field:
+            raise SpecError(path, f"{section}.{key}", f"must be <stage>.<field> with a stage of {list(method.stages)}")
+        model = method.stages[stage].config
+        if field.split(".")[0] not in model.model_fields:
+            raise SpecError(path, f"{section}.{key}", f"{model.__name__} has no field {field.split('.')[0]!r}")
+    for key in spec.search.repeats:
+        if not key.endswith(".seed"):
+            raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed: use <stage>.seed")
+    for key, values in spec.search.grid.items():
+        if not values:
+            raise SpecError(path, f"search.grid.{key}", "a grid axis needs at least one value")
+        for i, value in enumerate(values):
+            resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
+    if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
+        raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
+    if spec.search.scheduler.asha and spec.search.scheduler.asha.max_t < spec.search.scheduler.asha.grace_period:
+        raise SpecError(path, "search.scheduler.asha.max_t", "must be at least grace_period")
+
+
+def resolve_stage_configs(
+    spec: Spec,
+    overrides: dict[str, Any],
+    path: Any = None,
+    where: str = "stages",
+    base: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Stage configs after applying dotted ``overrides``; each validated by its pydantic model.
+
+    Returns plain dicts (JSON-ready) keyed by stage name, including defaults.
+    """
+    from raysuite.methods import METHODS
+
+    method = METHODS[spec.method]
+    raw = copy.deepcopy(base) if base is not None else copy.deepcopy(spec.stages)
+    if spec.tiny and base is None:
+        for stage, tiny in method.tiny.items():
+            raw[stage] = {**tiny, **raw.get(stage, {})}
+    for key, value in overrides.items():
+        stage, _, field = key.partition(".")
+        raw.setdefault(stage, {})
+        set_dotted(raw[stage], field, value, path)
+    resolved: dict[str, dict[str, Any]] = {}
+    for stage, stage_def in method.stages.items():
+        try:
+            cfg = stage_def.config.model_validate(raw.get(stage, {}))
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(p for p in [where if where == "stages" else where, stage if where == "stages" else "", _loc(first["loc"])] if p)
+            raise SpecError(path, key, first["msg"]) from None
+        resolved[stage] = cfg.model_dump(mode="json", exclude_none=False)
+    return resolved
+
+
+# ---------------------------------------------------------------- configurations
+
+
+def repeat_points(spec: Spec) -> list[dict[str, int]]:
+    """All repeat seed combinations, e.g. ``{pretrain.seed: 2, finetune.seed: 2}`` -> 4 dicts."""
+    axes = sorted(spec.search.repeats.items())
+    if not axes:
+        return [{}]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[range(n) for _, n in axes])]
+
+
+def grid_points(spec: Spec) -> list[dict[str, Any]]:
+    """Cartesian product of the grid axes (one empty point when there is no grid)."""
+    axes = list(spec.search.grid.items())
+    if not axes:
+        return [{}]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def config_id(overrides: dict[str, Any]) -> str:
+    """Stable short id of a configuration (its overrides, seeds excluded)."""
+    blob = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def config_label(overrides: dict[str, Any]) -> str:
+    if not overrides:
+        return "default"
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+
+
+SMOKE_EPOCH_KEYS = ("epochs",)
+
+
+def smoke(spec: Spec) -> Spec:
+    """Shrink a spec so it runs in minutes on a 2-core CPU: TINY preset, method smoke
+    overrides, one worker, at most 2 grid values per axis kept whole (the design stays),
+    repeats capped at 2 per axis, Optuna trials capped at 2, ASHA rescaled."""
+    from raysuite.methods import METHODS
+
+    method = METHODS[spec.method]
+    data = spec.model_copy(deep=True)
+    data.tiny = True
+    for stage, values in method.smoke.items():
+        data.stages[stage] = {**data.stages.get(stage, {}), **values}
+    data.search.repeats = {k: min(v, 2) for k, v in data.search.repeats.items()}
+    if data.search.optuna:
+        data.search.optuna.n_trials = min(data.search.optuna.n_trials, 2)
+    if data.search.scheduler.asha:
+        data.search.scheduler.asha.max_t = min(data.search.scheduler.asha.max_t, method.smoke_max_t)
+        data.search.scheduler.asha.grace_period = 1
+    data.resources.gpus_per_worker = 0
+    # Smoke never touches real data: a small synthetic copy of the format sits beside it.
+    data.data.root = f"{data.data.root.rstrip('/')}-smoke-synthetic"
+    data.data.synthetic_if_missing = True
+    data.data.synthetic_cases = method.smoke_cases
+    data.resources.workers_per_trial = min(data.resources.workers_per_trial, 2)
+    data.resources.cpus_per_worker = 1
+    data.resources.max_concurrent_trials = max(1, 2 // data.resources.workers_per_trial)
+    check_stages(data)
+    return data

@@ -1,0 +1,150 @@
+"""MLflow layout of DESIGN.md: one parent run per sweep invocation, one child run per trial.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so
+the sweep driver can log for many trials at once and a retried trial finds its run again
+by its ``raysuite.trial_key`` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+ROLE = "raysuite.role"
+TRIAL_KEY = "raysuite.trial_key"
+PARENT = "mlflow.parentRunId"
+# DICOM keywords that identify a patient: never logged, whatever a config contains.
+PHI_KEYS = re.compile(
+    r"(patient(name|id|birth|address|telephone)|accession|institution|referringphysician|otherpatient)",
+    re.IGNORECASE,
+)
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db`` (MLflow 3 deprecates file stores)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted-key params, values JSON-encoded (lists stay readable), PHI-named keys dropped."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if PHI_KEYS.search(name.replace("_", "")):
+            continue
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def _experiment_id(c: MlflowClient, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp else c.create_experiment(name)
+
+
+def start_parent(c: MlflowClient, experiment: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    run = c.create_run(_experiment_id(c, experiment), tags={ROLE: "sweep", **tags}, run_name=tags.get("mlflow.runName"))
+    log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def child_run(c: MlflowClient, parent_id: str, trial_key: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """The trial's child run: reused (set RUNNING again) when the trial is retried."""
+    parent = c.get_run(parent_id)
+    found = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT}` = '{parent_id}' and tags.`{TRIAL_KEY}` = '{trial_key}'",
+        max_results=1,
+    )
+    if found:
+        run_id = found[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    run = c.create_run(
+        parent.info.experiment_id,
+        tags={ROLE: "trial", PARENT: parent_id, TRIAL_KEY: trial_key, **tags},
+        run_name=name,
+    )
+    log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    flat = flatten(params)
+    items = [mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int) -> None:
+    """Numeric, finite metrics only; ``/`` and ``_`` kept as in the names raysuite reports."""
+    batch = [
+        Metric(k, float(v), timestamp_ms, step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
+    if batch:
+        c.log_batch(run_id, metrics=batch)
+
+
+def end_run(c: MlflowClient, run_id: str, failed: bool = False) -> None:
+    c.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+def fail_unfinished_children(c: MlflowClient, parent_id: str) -> int:
+    """Mark children left RUNNING (a trial whose process died) as FAILED. Returns the count."""
+    n = 0
+    for run in children(c, parent_id):
+        if run.info.status == "RUNNING":
+            end_run(c, run.info.run_id, failed=True)
+            n += 1
+    return n
+
+
+def children(c: MlflowClient, parent_id: str) -> list[Any]:
+    parent = c.get_run(parent_id)
+    return c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_id}'", max_results=10000)
+
+
+def log_text(c: MlflowClient, run_id: str, name: str, text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        c.log_artifact(run_id, str(path))
+
+
+def log_file(c: MlflowClient, run_id: str, path: str | Path) -> None:
+    c.log_artifact(run_id, str(path))
+
+
+def child_table(c: MlflowClient, parent_id: str) -> pd.DataFrame:
+    """One row per child run: its tags (without the ``raysuite.`` prefix), status and the
+    latest value of every metric."""
+    rows = []
+    for run in children(c, parent_id):
+        row = {"run_id": run.info.run_id, "status": run.info.status}
+        row.update({k.removeprefix("raysuite."): v for k, v in run.data.tags.items() if k.startswith("raysuite.")})
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in c.get_metric_history(run_id, key)]

@@ -1,0 +1,1 @@
+"""Plain-PyTorch training: the epoch loop and a single-process runtime (no Ray)."""

@@ -1,0 +1,181 @@
+"""The plain-PyTorch epoch loop shared by every stage (no Ray here).
+
+A method stage hands over a :class:`Recipe`; a :class:`Runtime` supplies distribution
+(DDP wrapping, sharded loaders, broadcast), checkpoint restore and reporting. The loop
+checkpoints at every evaluation, resumes from the runtime's latest checkpoint, keeps the
+best weights by the stage's monitored metric and stops early after ``patience`` epochs
+without improvement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from raysuite.methods.nn.optim import set_lr
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"  # per-epoch metrics, read back on stage-cache hits
+
+
+class Runtime(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+    def prepare_loader(self, loader: DataLoader) -> DataLoader: ...
+    def broadcast(self, value: Any) -> Any: ...
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]: ...
+    def restore(self) -> contextlib.AbstractContextManager[Path | None]: ...
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass
+class Recipe:
+    """Everything a stage needs trained. ``step`` returns a dict with ``loss`` (a tensor)
+    and optional float extras averaged per epoch; ``evaluate`` runs on rank 0 with the
+    unwrapped model; ``epoch_end`` turns the epoch's collected step outputs into metrics."""
+
+    stage: str
+    model: nn.Module
+    train_loader: DataLoader
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    lr_at: Callable[[int, int], float]  # (global step, total steps) -> lr
+    step: Callable[[nn.Module, Any, torch.device], dict[str, Any]]
+    epochs: int
+    evaluate: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
+    eval_epochs: Callable[[int], bool] = lambda epoch: True  # 1-based epoch
+    monitor: str | None = None  # e.g. "val/dice"; best weights and early stopping follow it
+    mode: str = "max"
+    patience: int | None = None  # epochs since the best evaluation before stopping
+    epoch_end: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
+    amp: bool = True
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
+    """Train ``recipe`` to the end (or early stop). Returns the last reported metrics."""
+    device = runtime.device
+    raw_model = recipe.model.to(device)
+    model = runtime.prepare_model(raw_model)
+    module = model.module if hasattr(model, "module") else model
+    loader = runtime.prepare_loader(recipe.train_loader)
+    optimizer = recipe.make_optimizer(module)
+    use_amp = recipe.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = recipe.epochs * steps_per_epoch
+    start_epoch, best, best_state, best_epoch = 0, None, None, 0
+    history: list[dict[str, float]] = []
+
+    with runtime.restore() as ckpt_dir:
+        if ckpt_dir is not None:
+            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False)
+            module.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
+            best_state = state.get("best_model")
+            history = state.get("history", [])
+
+    metrics: dict[str, float] = {}
+    prefix = recipe.stage
+    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        model.train()
+        outputs: list[dict[str, Any]] = []
+        for i, batch in enumerate(loader):
+            step = (epoch - 1) * steps_per_epoch + i
+            set_lr(optimizer, recipe.lr_at(step, total_steps))
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                out = recipe.step(model, batch, device)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{prefix}: non-finite loss {loss.item()} at epoch {epoch} step {i}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            outputs.append({k: (v.detach().float().item() if torch.is_tensor(v) and v.numel() == 1 else v) for k, v in out.items()})
+        local = {f"{prefix}/loss": float(np.mean([o["loss"] for o in outputs]))}
+        if recipe.epoch_end is not None:
+            local.update({f"{prefix}/{k}": v for k, v in recipe.epoch_end(outputs).items()})
+        metrics = runtime.all_mean(local)
+        metrics.update({f"{prefix}/epoch": float(epoch), f"{prefix}/lr": optimizer.param_groups[0]["lr"]})
+
+        evaluate_now = recipe.evaluate is not None and (recipe.eval_epochs(epoch) or epoch == recipe.epochs)
+        stop = False
+        if evaluate_now:
+            val = recipe.evaluate(module, device) if runtime.rank == 0 else None
+            val = runtime.broadcast(val)
+            metrics.update(val)
+            if recipe.monitor:
+                value = val[recipe.monitor]
+                if _better(value, best, recipe.mode):
+                    best, best_epoch = value, epoch
+                    best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                metrics[f"{recipe.monitor}_best"] = float(best) if best is not None else float("nan")
+        if recipe.monitor and recipe.patience is not None and evaluate_now:
+            stop = epoch - best_epoch >= recipe.patience
+        history.append(dict(metrics))
+        checkpoint_now = evaluate_now or recipe.evaluate is None or epoch == recipe.epochs or stop
+        if checkpoint_now:
+            with _checkpoint(runtime.rank == 0) as tmp:
+                if tmp is not None:
+                    torch.save(
+                        {
+                            "model": module.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(),
+                            "epoch": epoch,
+                            "best": best,
+                            "best_epoch": best_epoch,
+                            "best_model": best_state,
+                            "history": history,
+                            **recipe.extra_state,
+                        },
+                        tmp / STATE_FILE,
+                    )
+                    (tmp / HISTORY_FILE).write_text(json.dumps(history))
+                runtime.report(metrics, tmp)
+        else:
+            runtime.report(metrics, None)
+        if stop:
+            break
+    return metrics
+
+
+@contextlib.contextmanager
+def _checkpoint(write: bool) -> Iterator[Path | None]:
+    if not write:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="raysuite-ckpt-") as tmp:
+        yield Path(tmp)

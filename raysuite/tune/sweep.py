@@ -1,0 +1,261 @@
+"""Sweeps with Ray Tune: grid and Optuna studies, repeats, ASHA, resume, stage cache,
+MLflow parent/child runs and the parent's ``summary.csv``.
+
+Each study is one ``Tuner`` whose trainable is a *driver function* (the Train V2
+pattern): it plans the trial and runs its stages as ``TorchTrainer`` s, passing metrics to
+Tune with ``TuneReportCallback``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from raysuite.methods import METHODS
+from raysuite.plan import POINT, decode, grid_config_count, plan
+from raysuite.report.summary import summarise
+from raysuite.spec import Spec, repeat_points
+from raysuite.track import mlflow_runs as track
+from raysuite.tune import stage_cache
+from raysuite.tune.callbacks import MlflowTrainCallback, MlflowTuneCallback, trial_params, trial_tags
+from raysuite.tune.trial import run_trial
+
+STATE = "sweep.json"
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    summary: pd.DataFrame
+    stage_runs: dict[str, int]  # stage -> number of trainings this invocation ran
+    trials: pd.DataFrame
+    failed: bool = False
+
+
+def storage_root(spec: Spec) -> str:
+    root = spec.storage or os.environ.get("RAYSUITE_STORAGE") or str(Path.cwd() / "ray_results")
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+def tune_metric(spec: Spec) -> str:
+    return spec.objective.metric + ("_best" if spec.objective.scope == "best" else "")
+
+
+def init_ray(address: str | None) -> None:
+    # Pretraining epochs are relayed to Tune before any fine-tuning metric exists.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+
+
+def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str) -> None:
+    spec = Spec.model_validate_json(spec_json)
+    p = plan(spec, *decode(spec, config))
+    run_trial(
+        spec, p, storage, f"{spec.name}-{invocation}-{p.trial_key}",
+        callbacks=lambda: [TuneReportCallback()], relay=tune.report, coordinator=coordinator,
+    )  # fmt: skip
+
+
+def _space(spec: Spec) -> dict[str, Any]:
+    space = {}
+    for key, dist in spec.search.optuna.space.items():
+        if hasattr(dist, "uniform"):
+            space[key] = tune.uniform(*dist.uniform)
+        elif hasattr(dist, "loguniform"):
+            space[key] = tune.loguniform(*dist.loguniform)
+        elif hasattr(dist, "randint"):
+            space[key] = tune.randint(dist.randint[0], dist.randint[1] + 1)  # spec bounds are inclusive
+        else:
+            space[key] = tune.choice(dist.choice)
+    return space
+
+
+def _studies(spec: Spec) -> list[str]:
+    studies = []
+    if spec.search.grid or not spec.search.optuna:
+        studies.append("grid")
+    if spec.search.optuna:
+        studies.append("optuna")
+    return studies
+
+
+def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: MlflowTuneCallback) -> tune.Tuner:
+    method = METHODS[spec.method]
+    metric, mode = tune_metric(spec), spec.objective.mode
+    scheduler = None
+    if spec.search.scheduler.asha:
+        asha = spec.search.scheduler.asha
+        scheduler = ASHAScheduler(
+            time_attr=f"{method.final_stage()}/epoch", max_t=asha.max_t, grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )  # fmt: skip
+    repeats = len(repeat_points(spec))
+    if study == "grid":
+        space = {POINT: tune.grid_search(list(range(grid_config_count(spec))))}
+        search_alg, samples = None, 1
+    else:
+        import optuna  # noqa: F401  (OptunaSearch needs it; the seeded sampler makes TPE reproducible)
+        from optuna.samplers import TPESampler
+
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=spec.search.optuna.seed))
+        search_alg = Repeater(searcher, repeat=repeats, set_index=True)
+        space, samples = _space(spec), spec.search.optuna.n_trials * repeats
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler, num_samples=samples,
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=study, storage_path=exp_dir, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+        ),
+    )  # fmt: skip
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> SweepOutcome:
+    """Run (or with ``resume`` continue) every study of ``spec``; returns the summary."""
+    method = METHODS[spec.method]
+    storage = storage_root(spec)
+    exp_dir = f"{storage}/{spec.name}"
+    Path(exp_dir).mkdir(parents=True, exist_ok=True)
+    method.prepare_data(spec.data.model_dump())
+    init_ray(address)
+    coordinator, actor = stage_cache.start_coordinator(spec.name)
+    uri = track.tracking_uri()
+    client = track.client(uri)
+    state = _load_state(Path(exp_dir) / STATE) if resume else None
+    if state is None:
+        invocation = uuid.uuid4().hex[:8]
+        parent = track.start_parent(
+            client, spec.name, {"spec": spec.model_dump(mode="json", exclude={"name"})},
+            {"mlflow.runName": f"sweep-{invocation}", "raysuite.method": spec.method, "raysuite.invocation": invocation},
+        )  # fmt: skip
+        state = {"parent_run_id": parent, "invocation": invocation}
+        (Path(exp_dir) / STATE).write_text(json.dumps(state))
+        track.log_text(client, parent, "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    else:
+        client.update_run(state["parent_run_id"], status="RUNNING")
+    parent = state["parent_run_id"]
+    callback = MlflowTuneCallback(spec, parent, uri)
+    trainable = tune.with_parameters(
+        _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"], coordinator=coordinator
+    )
+    # The driver only waits on its TorchTrainer: it takes no CPU a training worker could use.
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1})
+    failed = False
+    try:
+        for study in _studies(spec):
+            path = f"{exp_dir}/{study}"
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            else:
+                tuner = _tuner(spec, study, trainable, exp_dir, callback)
+            grid = tuner.fit()
+            failed |= any(r.error is not None for r in grid)
+    except BaseException:
+        track.fail_unfinished_children(client, parent)
+        track.end_run(client, parent, failed=True)
+        raise
+    track.fail_unfinished_children(client, parent)
+    stats = ray.get(actor.stats.remote())
+    outcome = _finish(spec, client, parent, stats, exp_dir)
+    track.end_run(client, parent, failed=failed)
+    outcome.failed = failed
+    return outcome
+
+
+def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], exp_dir: str) -> SweepOutcome:
+    trials = track.child_table(client, parent)
+    metric = tune_metric(spec)
+    if not trials.empty and metric in trials:
+        trials = trials.rename(columns={metric: "objective"})
+    else:
+        trials["objective"] = float("nan")
+    finished = trials[trials.status == "FINISHED"] if not trials.empty else trials
+    summary = summarise(finished) if not finished.empty else pd.DataFrame()
+    if not summary.empty:
+        summary = summary.sort_values("mean", ascending=spec.objective.mode == "min", ignore_index=True)
+        summary.insert(0, "metric", metric)
+    stage_runs = {stage: len(keys) for stage, keys in stats["computed"].items()}
+    metrics = {f"stage_cache/{s}_trainings": float(n) for s, n in stage_runs.items()}
+    metrics.update({f"stage_cache/{s}_hits": float(n) for s, n in stats["hits"].items()})
+    metrics["trials/finished"] = float((trials.status == "FINISHED").sum()) if not trials.empty else 0.0
+    metrics["trials/failed"] = float((trials.status == "FAILED").sum()) if not trials.empty else 0.0
+    track.log_metrics(client, parent, metrics, 0, 0)
+    track.log_text(client, parent, "summary.csv", summary.to_csv(index=False))
+    track.log_text(client, parent, "stage_cache_keys.json", json.dumps(stats["computed"], indent=1))
+    Path(exp_dir, "summary.csv").write_text(summary.to_csv(index=False))
+    curves = _plot_curves(client, trials, spec.objective.metric, Path(exp_dir))
+    if curves is not None:
+        track.log_file(client, parent, curves)
+    return SweepOutcome(parent, summary, stage_runs, trials)
+
+
+def _plot_curves(client: Any, trials: pd.DataFrame, metric: str, out: Path) -> Path | None:
+    if trials.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in trials.itertuples():
+        points = track.metric_history(client, row.run_id, metric)
+        if points:
+            steps, values = zip(*sorted(points), strict=True)
+            ax.plot(steps, values, marker="o", ms=3, alpha=0.8, label=f"{row.config} | {row.repeat}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_single(spec: Spec, address: str | None = None) -> str:
+    """``raysuite train``: the first configuration and repeat, Ray Train only. Returns the run id."""
+    method = METHODS[spec.method]
+    storage = storage_root(spec)
+    method.prepare_data(spec.data.model_dump())
+    init_ray(address)
+    overrides, repeat = decode(spec, {POINT: 0})
+    p = plan(spec, overrides, repeat)
+    uri = track.tracking_uri()
+    client = track.client(uri)
+    invocation = uuid.uuid4().hex[:8]
+    run_id = track.start_parent(
+        client, spec.name, trial_params(p),
+        {"mlflow.runName": f"train-{invocation}", **trial_tags(p), track.ROLE: "train"},
+    )  # fmt: skip
+    callback = MlflowTrainCallback(run_id, uri)
+    try:
+        run_trial(spec, p, storage, f"{spec.name}-{invocation}-{p.trial_key}",
+                  callbacks=lambda: [callback], relay=callback.log, coordinator=None)  # fmt: skip
+    except BaseException:
+        track.end_run(client, run_id, failed=True)
+        raise
+    track.end_run(client, run_id)
+    return run_id

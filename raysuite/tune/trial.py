@@ -1,0 +1,114 @@
+"""One trial: run a method's stages in order, each as a Ray Train ``TorchTrainer``
+(Train V2), reusing cacheable stages from the stage cache.
+
+Used as the Tune trial driver (``raysuite sweep``: metrics go to Tune through
+``TuneReportCallback``) and directly by ``raysuite train``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from raysuite.methods import METHODS
+from raysuite.plan import TrialPlan
+from raysuite.spec import Spec
+from raysuite.train.loop import HISTORY_FILE
+from raysuite.tune import stage_cache
+from raysuite.tune.worker import stage_worker
+
+
+def run_stage(
+    spec: Spec,
+    plan: TrialPlan,
+    stage: str,
+    name: str,
+    storage: str,
+    upstream: str | None,
+    callbacks: list[Any],
+    fail_marker: str | None = None,
+) -> ray.train.Result:
+    """Train one stage with ``workers_per_trial`` DDP workers. A rerun with the same
+    ``name`` and ``storage`` resumes from the run's latest checkpoint (Train V2 restores
+    its checkpoint manager from storage), as do worker-group retries within the run."""
+    res = spec.resources
+    use_gpu = res.gpus_per_worker > 0
+    loop_config = {
+        "method": spec.method,
+        "stage": stage,
+        "cfg": plan.configs[stage],
+        "data": spec.data.model_dump(),
+        "seed": plan.seeds[stage],
+        "upstream": upstream,
+    }
+    if spec.faults and stage == spec.faults.stage:
+        loop_config.update(fail_marker=fail_marker, fail_at_epoch=spec.faults.fail_once_at_epoch)
+    trainer = TorchTrainer(
+        stage_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers_per_trial,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()
+
+
+def run_trial(
+    spec: Spec,
+    plan: TrialPlan,
+    storage: str,
+    run_name: str,
+    callbacks: Callable[[], list[Any]],
+    relay: Callable[[dict[str, Any]], None],
+    coordinator: str | None,
+) -> None:
+    """Run every stage of ``plan``. ``relay`` receives the stored per-epoch history of a
+    cached stage this trial did not compute, so every trial's run shows its pretraining."""
+    method = METHODS[spec.method]
+    outputs: dict[str, str | None] = {}
+    for name, stage in method.stages.items():
+        upstream = outputs.get(stage.consumes) if stage.consumes else None
+        if stage.skip(plan.configs[name]):
+            outputs[name] = None
+            continue
+        if stage.cacheable:
+
+            def compute(name: str = name, upstream: str | None = upstream) -> dict[str, Any]:
+                result = run_stage(spec, plan, name, plan.keys[name], f"{storage}/stage_cache", upstream, callbacks(),
+                                   _fail_marker(storage, run_name, name))  # fmt: skip
+                return {"checkpoint": result.checkpoint.path, "stage": name, "history": _history(result)}
+
+            marker, computed = stage_cache.get_or_compute(storage, plan.keys[name], name, run_name, compute, coordinator)
+            if not computed:
+                for row in marker.get("history", []):
+                    relay({**row, "stage_cache/hit": 1.0})
+            outputs[name] = marker["checkpoint"]
+        else:
+            result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstream, callbacks(),
+                               _fail_marker(storage, run_name, name))  # fmt: skip
+            outputs[name] = result.checkpoint.path if result.checkpoint else None
+
+
+def _fail_marker(storage: str, run_name: str, stage: str) -> str:
+    return f"{storage}/faults/{run_name}-{stage}"
+
+
+def _history(result: ray.train.Result) -> list[dict[str, Any]]:
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as path:
+        return json.loads(open(f"{path}/{HISTORY_FILE}").read())

@@ -1,0 +1,91 @@
+"""The Ray Train worker function: one stage of one trial on one DDP rank."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from raysuite.methods import METHODS
+from raysuite.methods.base import StageInputs
+from raysuite.train.loop import fit, seed_everything
+
+
+class RayRuntime:
+    """:class:`~raysuite.train.loop.Runtime` over Ray Train V2 (gloo on CPU, NCCL on GPU)."""
+
+    def __init__(self, fail_once_marker: str | None = None, fail_at_epoch: int | None = None):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._marker, self._fail_at = fail_once_marker, fail_at_epoch
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.world_size > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        return ray.train.torch.prepare_data_loader(loader)
+
+    def broadcast(self, value: Any) -> Any:
+        if self.world_size == 1 or not dist.is_initialized():
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not dist.is_initialized():
+            return dict(values)
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.to(self.device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+
+    @contextlib.contextmanager
+    def restore(self) -> Iterator[Path | None]:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as path:
+            yield Path(path)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if self._fail_at is None or not self._marker or os.path.exists(self._marker):
+            return
+        epoch = max((v for k, v in metrics.items() if k.endswith("/epoch")), default=0)
+        if epoch >= self._fail_at and self.rank == 0:
+            Path(self._marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(self._marker).write_text("failed once\n")
+            raise RuntimeError(f"injected failure after epoch {int(epoch)} (faults.fail_once_at_epoch)")
+
+
+def stage_worker(config: dict[str, Any]) -> None:
+    """Train ``config['stage']`` of ``config['method']``; see ``raysuite.tune.trial``."""
+    method = METHODS[config["method"]]
+    stage = method.stages[config["stage"]]
+    cfg = stage.config.model_validate(config["cfg"])
+    runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"))
+    method.prepare_data(config["data"])
+    seed_everything(config["seed"] * 1000 + runtime.rank)
+    with contextlib.ExitStack() as stack:
+        upstream = None
+        if config.get("upstream"):
+            upstream = Path(stack.enter_context(ray.train.Checkpoint(config["upstream"]).as_directory()))
+        inputs = StageInputs(cfg, config["data"], upstream, config["seed"], runtime.rank, runtime.world_size)
+        fit(stage.recipe(inputs), runtime)
