@@ -128,6 +128,7 @@ class Faults(Strict):
 
     stage: str
     fail_once_at_epoch: int = Field(ge=1)
+    only_seed: int | None = None  # only trials whose stage seed is this one
 
 
 class Spec(Strict):

@@ -18,8 +18,10 @@ def validate_cluster(path: str | Path) -> None:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a cluster config must be a YAML mapping")
     try:
-        validate_config(config)
-        validate_config(prepare_config(config))
+        # as `ray up` does: merge Ray's defaults, then validate the schema and node types
+        prepared = prepare_config(config)
+        prepared.setdefault("cluster_synced_files", [])
+        validate_config(prepared)
     except Exception as err:  # jsonschema.ValidationError, ValueError from Ray
         message = getattr(err, "message", None) or str(err).splitlines()[0]
         where = ".".join(str(p) for p in getattr(err, "absolute_path", []) or [])

@@ -45,8 +45,9 @@ def run_stage(
         "seed": plan.seeds[stage],
         "upstream": upstream,
     }
-    if spec.faults and stage == spec.faults.stage:
-        loop_config.update(fail_marker=fail_marker, fail_at_epoch=spec.faults.fail_once_at_epoch)
+    faults = spec.faults
+    if faults and stage == faults.stage and faults.only_seed in (None, plan.configs[stage]["seed"]):
+        loop_config.update(fail_marker=fail_marker, fail_at_epoch=faults.fail_once_at_epoch)
     trainer = TorchTrainer(
         stage_worker,
         train_loop_config=loop_config,

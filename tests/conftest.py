@@ -1,0 +1,21 @@
+import pytest
+
+from raysuite.data.formats import flare22
+
+
+@pytest.fixture(scope="session")
+def flare_root(tmp_path_factory):
+    """A small synthetic FLARE22 dataset shared by the tests (5 labelled + 5 unlabelled)."""
+    root = tmp_path_factory.mktemp("flare22")
+    flare22.synth(root, cases=5, seed=0)
+    (root / ".raysuite-complete").write_text("synthetic\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
