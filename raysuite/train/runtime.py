@@ -44,6 +44,6 @@ class LocalRuntime:
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None and self.root is not None:
-            dest = self.root / f"checkpoint_{len(self.reports):06d}"
+            dest = self.root / f"checkpoint_{len(self.checkpoints):06d}"
             shutil.copytree(checkpoint_dir, dest)
             self.checkpoints.append(dest)
