@@ -11,7 +11,15 @@ from typing import Any
 
 from raysuite import __version__
 from raysuite.methods import METHODS
-from raysuite.spec import Spec, SpecError, config_id, config_label, grid_points, repeat_points, resolve_stage_configs
+from raysuite.spec import (
+    Spec,
+    SpecError,
+    config_id,
+    config_label,
+    grid_points,
+    repeat_points,
+    resolve_stage_configs,
+)
 
 POINT = "__point__"  # grid sweeps: index into configurations x repeats
 REPEAT = "__trial_index__"  # set by ray.tune.search.Repeater on Optuna sweeps

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -37,7 +36,12 @@ from raysuite.data.formats import flare22
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.seg_metrics import dice_per_slice
-from raysuite.methods.nn.simsiam import PredictionMLP, ProjectionMLP, collapse_coefficient, simsiam_loss
+from raysuite.methods.nn.simsiam import (
+    PredictionMLP,
+    ProjectionMLP,
+    collapse_coefficient,
+    simsiam_loss,
+)
 from raysuite.train.loop import STATE_FILE, Recipe
 
 PREP = flare22.Preprocessing()
@@ -195,12 +199,12 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         v, z = self.index[i]
         image = self.volumes[v][z]
-        s, (py, npr) = self.cfg.crop_size, self.rng.streams()
+        s, (_, npr) = self.cfg.crop_size, self.rng.streams()
         h, w = image.shape
         if h < s or w < s:
             image = np.pad(image, ((0, max(0, s - h)), (0, max(0, s - w))))
             h, w = image.shape
-        pair = sample_pair(h, w, s, tuple(self.cfg.iou_interval), py, self.cfg.r1, self.cfg.r2)
+        pair = sample_pair(h, w, s, tuple(self.cfg.iou_interval), npr, self.cfg.r1, self.cfg.r2)
         views = []
         for top, left in (pair.first, pair.second):
             crop = torch.from_numpy(np.asarray(image[top : top + s, left : left + s], dtype=np.float32))[None]

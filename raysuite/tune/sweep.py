@@ -30,7 +30,12 @@ from raysuite.report.summary import summarise
 from raysuite.spec import Spec, repeat_points
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import stage_cache
-from raysuite.tune.callbacks import MlflowTrainCallback, MlflowTuneCallback, trial_params, trial_tags
+from raysuite.tune.callbacks import (
+    MlflowTrainCallback,
+    MlflowTuneCallback,
+    trial_params,
+    trial_tags,
+)
 from raysuite.tune.trial import run_trial
 
 STATE = "sweep.json"
