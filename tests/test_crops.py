@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raysuite.data.crops import sample_pair, sample_random_pair, square_iou
+from raysuite.data.crops import sample_pair, sample_pairs, sample_random_pairs, square_iou
 
 
 def test_square_iou_by_hand():
@@ -55,6 +55,16 @@ def test_too_small_image_is_refused():
         sample_pair(64, 200, 96, (0.3, 0.6), np.random.default_rng(0))
 
 
-def test_random_pair_matches_plain_cropping():
-    pair = sample_random_pair(200, 200, 96, np.random.default_rng(0))
-    assert not pair.fallback and 0 <= pair.iou <= 1
+def test_batched_pairs_respect_interval_and_bounds():
+    first, second, iou, fallback = sample_pairs(500, 300, 200, 96, (0.3, 0.6), np.random.default_rng(0))
+    assert first.shape == second.shape == (500, 2)
+    for a, b, value in zip(first, second, iou, strict=True):
+        assert value == pytest.approx(square_iou(tuple(a), tuple(b), 96))
+    assert ((iou >= 0.3) & (iou <= 0.6) | fallback).all()
+    assert (first >= 0).all() and (first[:, 0] <= 204).all() and (first[:, 1] <= 104).all()
+
+
+def test_random_pairs_are_plain_cropping():
+    first, second = sample_random_pairs(1000, 200, 200, 96, np.random.default_rng(0))
+    ious = np.array([square_iou(tuple(a), tuple(b), 96) for a, b in zip(first, second, strict=True)])
+    assert (ious == 0).any() and (ious > 0.6).any()  # the whole range, unconstrained

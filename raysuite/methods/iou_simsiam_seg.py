@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -169,18 +168,17 @@ def _load_cases(data: dict[str, Any], rows: Any) -> list[tuple[np.ndarray, np.nd
 
 
 class _Rng:
-    """Per-process random streams derived from torch's seed (distinct per DataLoader worker)."""
+    """A per-process numpy Generator seeded from torch (distinct per DataLoader worker)."""
 
     _owner: tuple[int, int] | None = None
 
-    def streams(self) -> tuple[random.Random, np.random.Generator]:
+    def generator(self) -> np.random.Generator:
         info = torch.utils.data.get_worker_info()
         owner = (os.getpid(), info.id if info else -1)
         if self._owner != owner:
-            seed = torch.initial_seed() % 2**63
-            self._py, self._np = random.Random(seed), np.random.default_rng(seed)
+            self._np = np.random.default_rng(torch.initial_seed() % 2**63)
             self._owner = owner
-        return self._py, self._np
+        return self._np
 
 
 class PairDataset(Dataset):
@@ -199,7 +197,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         v, z = self.index[i]
         image = self.volumes[v][z]
-        s, (_, npr) = self.cfg.crop_size, self.rng.streams()
+        s, npr = self.cfg.crop_size, self.rng.generator()
         h, w = image.shape
         if h < s or w < s:
             image = np.pad(image, ((0, max(0, s - h)), (0, max(0, s - w))))
@@ -229,7 +227,7 @@ class LabelledCropDataset(Dataset):
         c, z = self.index[i]
         img, seg = self.cases[c]
         image, label = np.asarray(img[z], np.float32), np.asarray(seg[z], np.int64)
-        s, (_, npr) = self.cfg.crop_size, self.rng.streams()
+        s, npr = self.cfg.crop_size, self.rng.generator()
         pad = ((0, max(0, s - image.shape[0])), (0, max(0, s - image.shape[1])))
         image, label = np.pad(image, pad), np.pad(label, pad)
         h, w = image.shape
