@@ -256,11 +256,15 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     for key in spec.search.repeats:
         if not key.endswith(".seed"):
             raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed: use <stage>.seed")
+    for key, message in method.check(base):
+        raise SpecError(path, f"stages.{key}", message)
     for key, values in spec.search.grid.items():
         if not values:
             raise SpecError(path, f"search.grid.{key}", "a grid axis needs at least one value")
         for i, value in enumerate(values):
-            resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
+            configs = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
+            for field, message in method.check(configs):
+                raise SpecError(path, f"search.grid.{key}[{i}]", f"{field}: {message}")
     if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
         raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
     if spec.search.scheduler.asha and spec.search.scheduler.asha.max_t < spec.search.scheduler.asha.grace_period:
@@ -295,7 +299,8 @@ def resolve_stage_configs(
             cfg = stage_def.config.model_validate(raw.get(stage, {}))
         except ValidationError as err:
             first = err.errors()[0]
-            key = ".".join(p for p in [where if where == "stages" else where, stage if where == "stages" else "", _loc(first["loc"])] if p)
+            parts = [where, stage] if where == "stages" else [where]
+            key = ".".join(p for p in [*parts, _loc(first["loc"])] if p)
             raise SpecError(path, key, first["msg"]) from None
         resolved[stage] = cfg.model_dump(mode="json", exclude_none=False)
     return resolved
@@ -344,8 +349,8 @@ def smoke(spec: Spec) -> Spec:
     method = METHODS[spec.method]
     data = spec.model_copy(deep=True)
     data.tiny = True
-    for stage, values in method.smoke.items():
-        data.stages[stage] = {**data.stages.get(stage, {}), **values}
+    for stage in method.stages:  # sizes of the TINY preset and smoke epochs win over the spec's
+        data.stages[stage] = {**data.stages.get(stage, {}), **method.tiny.get(stage, {}), **method.smoke.get(stage, {})}
     data.search.repeats = {k: min(v, 2) for k, v in data.search.repeats.items()}
     if data.search.optuna:
         data.search.optuna.n_trials = min(data.search.optuna.n_trials, 2)

@@ -38,6 +38,7 @@ def test_shipped_specs_and_cluster_validate(capsys):
         (("[[0.3, 0.6], null]", "[[0.3, 0.6], [0.9, 0.1]]"), "search.grid.pretrain.iou_interval[1]"),
         (("objective:", "objectiv:"), "objectiv"),
         (("epochs: 2,", "epochs: many,"), "stages.pretrain.epochs"),
+        (("epochs: 2,", "epochs: 2, feature_size: 24,"), "stages.finetune.feature_size"),
     ],
 )
 def test_bad_spec_exits_2_naming_file_and_key(tmp_path, capsys, edit, key):

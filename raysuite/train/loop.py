@@ -88,7 +88,12 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
     optimizer = recipe.make_optimizer(module)
     use_amp = recipe.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    steps_per_epoch = max(1, len(loader))
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{recipe.stage}: no training batch per epoch ({len(loader.dataset)} samples, "
+            f"batch size {loader.batch_size} per worker, drop_last={loader.drop_last})"
+        )
     total_steps = recipe.epochs * steps_per_epoch
     start_epoch, best, best_state, best_epoch = 0, None, None, 0
     history: list[dict[str, float]] = []
