@@ -1,0 +1,1 @@
+"""Readers, dataset formats, manifests, caches and samplers."""

@@ -1,0 +1,231 @@
+"""FLARE 2022 (seed 001, §4.3): layout, ingest, preprocessing and a synthetic writer.
+
+Published layout (training set)::
+
+    FLARE22_LabeledCase50/images/FLARE22_Tr_0001_0000.nii.gz   CT, HU, int16
+    FLARE22_LabeledCase50/labels/FLARE22_Tr_0001.nii.gz        uint8, 0 = background, 1..13
+    FLARE22_UnlabeledCase1-1000/Case_00001_0000.nii.gz         CT without labels
+
+Ingest finds images as ``*_0000.nii.gz`` anywhere under the root; a case is labelled when a
+``labels/<case>.nii.gz`` sits beside its ``images/`` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from raysuite.data.readers import ReadError, read_nifti
+
+ORGANS = (
+    "liver", "right_kidney", "spleen", "pancreas", "aorta", "inferior_vena_cava",
+    "right_adrenal_gland", "left_adrenal_gland", "gallbladder", "esophagus", "stomach",
+    "duodenum", "left_kidney",
+)  # fmt: skip
+NUM_CLASSES = len(ORGANS) + 1  # with background
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Seed §4.3: RAS, spacing (1, 1, 2.5) mm, clip [-500, 500] HU -> [0, 1], crop to the
+    non-zero box, pad X and Y symmetrically to at least ``min_size``."""
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 2.5)
+    window: tuple[float, float] = (-500.0, 500.0)
+    min_size: int = 96
+
+    def key(self) -> str:
+        return f"sp{self.spacing}-win{self.window}-min{self.min_size}"
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def find_cases(root: str | Path) -> pd.DataFrame:
+    """List the cases under ``root``: columns case_id, image, label (None when unlabelled),
+    labelled, bytes. Sorted by case_id; refuses a root with no ``*_0000.nii.gz`` image."""
+    root = Path(root)
+    rows = []
+    for image in sorted(root.rglob("*_0000.nii.gz")):
+        case_id = image.name[: -len("_0000.nii.gz")]
+        label = image.parent.parent / "labels" / f"{case_id}.nii.gz" if image.parent.name == "images" else None
+        has_label = label is not None and label.exists()
+        rows.append(
+            {
+                "case_id": case_id,
+                "image": str(image),
+                "label": str(label) if has_label else None,
+                "labelled": has_label,
+                "bytes": image.stat().st_size + (label.stat().st_size if has_label else 0),
+            }
+        )
+    if not rows:
+        raise ReadError(root, "no FLARE22 images (*_0000.nii.gz) found")
+    return pd.DataFrame(rows).sort_values("case_id", ignore_index=True)
+
+
+def manifest_hash(cases: pd.DataFrame, prep: Preprocessing) -> str:
+    """Content hash of a case list (ids, byte sizes, split) and the preprocessing."""
+    cols = [c for c in ("case_id", "bytes", "labelled", "split") if c in cases]
+    blob = cases[cols].to_csv(index=False) + prep.key()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def split_cases(cases: pd.DataFrame, train_cases: int, val_cases: int, split_seed: int = 0) -> pd.DataFrame:
+    """Per-case split of the labelled cases (never a case's slices in two splits).
+
+    Unlabelled cases get split ``unlabelled``; labelled ones ``val`` (first ``val_cases``
+    after a seeded shuffle), ``train`` (next ``train_cases``) and ``unused``.
+    """
+    labelled = cases[cases.labelled].case_id.tolist()
+    if train_cases + val_cases > len(labelled):
+        raise ValueError(
+            f"need {train_cases} train + {val_cases} validation labelled cases, found {len(labelled)}"
+        )
+    order = np.random.default_rng(split_seed).permutation(len(labelled))
+    shuffled = [labelled[i] for i in order]
+    split = {c: "val" for c in shuffled[:val_cases]}
+    split.update({c: "train" for c in shuffled[val_cases : val_cases + train_cases]})
+    out = cases.copy()
+    out["split"] = [
+        split.get(c, "unused") if lab else "unlabelled" for c, lab in zip(out.case_id, out.labelled, strict=True)
+    ]
+    return out
+
+
+# --------------------------------------------------------------------- preprocessing
+
+
+def preprocess(image_path: str, label_path: str | None, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case -> (Z, X, Y) float32 slices in [0, 1] and (Z, X, Y) uint8 labels (or None)."""
+    image, meta = read_nifti(image_path)
+    if image.ndim != 3:
+        raise ReadError(image_path, f"expected a 3-D CT volume, got shape {image.shape}")
+    label = None
+    if label_path is not None:
+        label, _ = read_nifti(label_path, dtype=np.float32)
+        if label.shape != image.shape:
+            raise ReadError(label_path, f"label shape {label.shape} differs from image {image.shape}")
+    factors = [s / t for s, t in zip(meta.spacing, prep.spacing, strict=True)]
+    image = ndimage.zoom(image, factors, order=1, mode="nearest")
+    lo, hi = prep.window
+    image = (np.clip(image, lo, hi) - lo) / (hi - lo)
+    if label is not None:
+        label = ndimage.zoom(label, factors, order=0, mode="nearest").astype(np.uint8)
+    nonzero = np.argwhere(image > 0)
+    if len(nonzero):
+        start, stop = nonzero.min(0), nonzero.max(0) + 1
+        box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        image = image[box]
+        label = label[box] if label is not None else None
+    pad = [(0, 0)] * 3
+    for axis in (0, 1):
+        short = max(0, prep.min_size - image.shape[axis])
+        pad[axis] = (short // 2, short - short // 2)
+    image = np.pad(image, pad)
+    if label is not None:
+        label = np.pad(label, pad)
+    image = np.moveaxis(image, 2, 0).astype(np.float32)
+    label = np.moveaxis(label, 2, 0) if label is not None else None
+    return image, label
+
+
+# ------------------------------------------------------------------------ synthetic
+
+# Organ phantoms: centre (fraction of the body box, RAS: x right->left of patient is
+# increasing x toward patient's left), semi-axes in mm, mean HU. Positions are plausible
+# for an axial abdominal CT; values follow contrast-enhanced portal-venous HU ranges.
+_PHANTOM = {
+    1: ((0.30, 0.45, 0.55), (55, 60, 60), 110),  # liver (patient's right)
+    2: ((0.33, 0.72, 0.40), (22, 25, 45), 180),  # right kidney
+    3: ((0.75, 0.62, 0.62), (25, 30, 40), 120),  # spleen
+    4: ((0.55, 0.50, 0.45), (35, 10, 15), 90),  # pancreas
+    5: ((0.52, 0.66, 0.50), (10, 10, 90), 220),  # aorta
+    6: ((0.43, 0.63, 0.50), (11, 11, 90), 160),  # inferior vena cava
+    7: ((0.40, 0.68, 0.70), (7, 7, 12), 40),  # right adrenal
+    8: ((0.62, 0.68, 0.70), (7, 7, 12), 40),  # left adrenal
+    9: ((0.35, 0.35, 0.40), (14, 14, 20), 10),  # gallbladder
+    10: ((0.52, 0.60, 0.90), (7, 7, 30), 50),  # esophagus
+    11: ((0.65, 0.38, 0.65), (35, 25, 30), 25),  # stomach
+    12: ((0.45, 0.42, 0.35), (25, 10, 15), 70),  # duodenum
+    13: ((0.68, 0.72, 0.40), (22, 25, 45), 180),  # left kidney
+}
+
+
+def synth_case(
+    rng: np.random.Generator, size: int = 112, slices: int = 24
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """One phantom CT (X, Y, Z) int16 HU and its (X, Y, Z) uint8 labels, plus voxel spacing.
+
+    The body is a soft-tissue ellipse in air with a fat rim and a spine; organs are smooth
+    noisy blobs whose position, size and HU jitter per case, so a segmenter must learn
+    both position and intensity.
+    """
+    spacing = (float(rng.uniform(1.2, 1.6)), float(rng.uniform(1.2, 1.6)), float(rng.uniform(2.5, 5.0)))
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (size, size, slices)], indexing="ij"), -1).astype(np.float32)
+    mm = grid * np.asarray(spacing, np.float32)
+    extent = np.asarray([size, size, slices], np.float32) * np.asarray(spacing, np.float32)
+    centre = extent / 2
+    body_axes = np.asarray([extent[0] * rng.uniform(0.40, 0.46), extent[1] * rng.uniform(0.32, 0.40)])
+    r_body = (((mm[..., :2] - centre[:2]) / body_axes) ** 2).sum(-1)
+    hu = np.full(grid.shape[:3], -1000.0, np.float32)
+    hu[r_body < 1.0] = -100.0  # subcutaneous fat
+    hu[r_body < 0.8] = 40.0  # muscle and soft tissue
+    spine = (((mm[..., :2] - centre[:2] - [0, body_axes[1] * 0.6]) / [14, 14]) ** 2).sum(-1) < 1
+    hu[spine] = 700.0
+    label = np.zeros(grid.shape[:3], np.uint8)
+    body_lo = centre - np.r_[body_axes, centre[2]]
+    body_span = np.r_[2 * body_axes, extent[2]]
+    for organ, (frac, axes, mean_hu) in _PHANTOM.items():
+        c = body_lo + (np.asarray(frac) + rng.normal(0, 0.03, 3)) * body_span
+        # Published organ sizes are for a ~350 mm wide abdomen; scale them to this body.
+        scale = 2 * body_axes[0] / 350
+        a = np.asarray(axes, np.float32) * rng.uniform(0.8, 1.2, 3) * [scale, scale, extent[2] / 120]
+        wobble = ndimage.gaussian_filter(rng.normal(0, 1, grid.shape[:3]), 3) * 4
+        inside = (((mm - c) / a) ** 2).sum(-1) + wobble * 0.15 < 1.0
+        inside &= r_body < 0.8
+        label[inside] = organ
+        hu[inside] = mean_hu + rng.normal(0, 8)
+    hu += ndimage.gaussian_filter(rng.normal(0, 25, hu.shape), 0.7)
+    hu[r_body >= 1.0] = -1000.0 + rng.normal(0, 5, int((r_body >= 1.0).sum()))
+    return np.clip(hu, -1024, 3071).astype(np.int16), label, spacing
+
+
+def _write_nifti(path: Path, data: np.ndarray, spacing: Sequence[float]) -> None:
+    import nibabel as nib
+
+    # LPS-like affine (as most CT exports) so that ingest's RAS reorientation is exercised.
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_zooms(tuple(spacing))
+    img.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+
+
+def synth(out_dir: str | Path, cases: int = 10, seed: int = 0, size: int = 112, slices: int = 24) -> dict[str, int]:
+    """Write a FLARE22-layout dataset: ``cases`` labelled cases and as many unlabelled ones.
+
+    Reversed x/y axes in the affine mimic LPS exports. Returns counts written.
+    """
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    n_labelled = cases
+    n_unlabelled = cases
+    for i in range(1, n_labelled + 1):
+        hu, label, spacing = synth_case(rng, size, slices)
+        stored = hu[::-1, ::-1]  # stored LPS: flip x and y to match the affine
+        _write_nifti(out / "FLARE22_LabeledCase50" / "images" / f"FLARE22_Tr_{i:04d}_0000.nii.gz", stored, spacing)
+        _write_nifti(out / "FLARE22_LabeledCase50" / "labels" / f"FLARE22_Tr_{i:04d}.nii.gz", label[::-1, ::-1].copy(), spacing)
+    block = f"FLARE22_UnlabeledCase1-{max(1000, math.ceil(n_unlabelled / 1000) * 1000)}"
+    for i in range(1, n_unlabelled + 1):
+        hu, _, spacing = synth_case(rng, size, slices)
+        _write_nifti(out / block / f"Case_{i:05d}_0000.nii.gz", hu[::-1, ::-1].copy(), spacing)
+    return {"labelled": n_labelled, "unlabelled": n_unlabelled}
