@@ -75,7 +75,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:
         cases = fmt.find_cases(args.root)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        cases.drop(columns=[]).to_parquet(args.out, index=False)
+        cases.to_parquet(args.out, index=False)
         print(f"{len(cases)} cases ({int(cases.labelled.sum())} labelled) -> {args.out}")
     return 0
 

@@ -238,6 +238,8 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     from raysuite.methods import METHODS
 
     method = METHODS[spec.method]
+    if spec.data.format != method.data_format:
+        raise SpecError(path, "data.format", f"{spec.method} reads {method.data_format!r}, not {spec.data.format!r}")
     for stage in spec.stages:
         if stage not in method.stages:
             raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}")
@@ -335,9 +337,6 @@ def config_label(overrides: dict[str, Any]) -> str:
     if not overrides:
         return "default"
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
-
-
-SMOKE_EPOCH_KEYS = ("epochs",)
 
 
 def smoke(spec: Spec) -> Spec:

@@ -37,6 +37,7 @@ def test_shipped_specs_and_cluster_validate(capsys):
         (("pretrain.iou_interval:", "pretrain.iou_intervl:"), "search.grid.pretrain.iou_intervl"),
         (("[[0.3, 0.6], null]", "[[0.3, 0.6], [0.9, 0.1]]"), "search.grid.pretrain.iou_interval[1]"),
         (("objective:", "objectiv:"), "objectiv"),
+        (("format: flare22", "format: mura"), "data.format"),
         (("epochs: 2,", "epochs: many,"), "stages.pretrain.epochs"),
         (("epochs: 2,", "epochs: 2, feature_size: 24,"), "stages.finetune.feature_size"),
     ],

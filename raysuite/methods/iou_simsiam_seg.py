@@ -46,7 +46,9 @@ from raysuite.train.loop import STATE_FILE, Recipe
 PREP = flare22.Preprocessing()
 
 
-class Backbone(StageConfig):
+class SwinStageConfig(StageConfig):
+    """Fields shared by both stages: the 2-D Swin UNETR shape and loader/precision knobs."""
+
     feature_size: int = Field(48, ge=12)
     depths: tuple[int, int, int, int] = (2, 2, 2, 2)
     num_heads: tuple[int, int, int, int] = (3, 6, 12, 24)
@@ -63,7 +65,7 @@ class Backbone(StageConfig):
         return v
 
 
-class PretrainConfig(Backbone):
+class PretrainConfig(SwinStageConfig):
     iou_interval: tuple[float, float] | None = (0.3, 0.6)
     iou_min: float | None = Field(None, ge=0, le=1)  # alternative parameterisation for search:
     iou_width: float | None = Field(None, gt=0, le=1)  # interval = [iou_min, min(1, iou_min + width)]
@@ -99,7 +101,7 @@ class PretrainConfig(Backbone):
         return self
 
 
-class FinetuneConfig(Backbone):
+class FinetuneConfig(SwinStageConfig):
     epochs: int = Field(225, ge=1)
     batch_size: int = Field(32, ge=1)
     crops_per_image: int = Field(2, ge=1)
@@ -252,7 +254,7 @@ def _stack_crops(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
 # --------------------------------------------------------------------------- models
 
 
-def swin_unetr(cfg: Backbone, out_channels: int) -> nn.Module:
+def swin_unetr(cfg: SwinStageConfig, out_channels: int) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
     return SwinUNETR(
