@@ -63,7 +63,7 @@ def init_ray(address: str | None) -> None:
     # Pretraining epochs are relayed to Tune before any fine-tuning metric exists.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        ray.init(address=address, log_to_driver=True)
 
 
 def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str) -> None:
@@ -102,7 +102,8 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: Mlflo
     method = METHODS[spec.method]
     metric, mode = tune_metric(spec), spec.objective.mode
     scheduler = None
-    if spec.search.scheduler.asha:
+    # ASHA prunes the search; a grid beside an Optuna study is the baseline arm: run it whole.
+    if spec.search.scheduler.asha and (study == "optuna" or not spec.search.optuna):
         asha = spec.search.scheduler.asha
         scheduler = ASHAScheduler(
             time_attr=f"{method.final_stage()}/epoch", max_t=asha.max_t, grace_period=asha.grace_period,
@@ -116,7 +117,7 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: Mlflo
         import optuna  # noqa: F401  (OptunaSearch needs it; the seeded sampler makes TPE reproducible)
         from optuna.samplers import TPESampler
 
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=spec.search.optuna.seed))
+        searcher = OptunaSearch(sampler=TPESampler(seed=spec.search.optuna.seed))  # metric/mode come from TuneConfig
         search_alg = Repeater(searcher, repeat=repeats, set_index=True)
         space, samples = _space(spec), spec.search.optuna.n_trials * repeats
     return tune.Tuner(

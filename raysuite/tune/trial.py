@@ -8,6 +8,7 @@ Used as the Tune trial driver (``raysuite sweep``: metrics go to Tune through
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,9 @@ def run_stage(
     its checkpoint manager from storage), as do worker-group retries within the run."""
     res = spec.resources
     use_gpu = res.gpus_per_worker > 0
+    # Workers may wait for an autoscaled GPU node, or for a stopped trial's workers to be
+    # released: wait up to 30 min (Ray's default is 60 s) before calling it a failure.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
     loop_config = {
         "method": spec.method,
         "stage": stage,
