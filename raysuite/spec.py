@@ -336,7 +336,10 @@ def config_id(overrides: dict[str, Any]) -> str:
 def config_label(overrides: dict[str, Any]) -> str:
     if not overrides:
         return "default"
-    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items()))
+    def show(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+    return ", ".join(f"{k}={show(v)}" for k, v in sorted(overrides.items()))
 
 
 def smoke(spec: Spec) -> Spec:
