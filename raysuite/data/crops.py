@@ -9,7 +9,9 @@ fallback (the seed reports < 0.5 % fallbacks for [0,0] and [0.6,1] with r1=30, r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -48,41 +50,37 @@ def sample_pairs(
     times and crop 2 up to ``r1`` times per crop 1; the first qualifying crop 2 of the
     first crop 1 that has one is taken, else the last pair drawn (a fallback).
 
-    Each round draws the corners of every still-unmatched pair in one vectorised call: the
-    same distribution as drawing them one by one, without the per-try cost
-    (``benchmarks/crop_sampler.py``).
+    All ``r2 * (r1 + 1)`` corners of every pair are drawn in one vectorised call and the
+    first qualifying try is taken: the same distribution as drawing them one by one, without
+    the per-try cost (``benchmarks/crop_sampler.py``).
     Returns ``first (n, 2)``, ``second (n, 2)`` top-left corners, ``iou (n,)`` and
     ``fallback (n,)`` bool. ``height``/``width`` must be >= ``size``.
     """
     if height < size or width < size:
         raise ValueError(f"image {height}x{width} is smaller than the {size}px crop")
     lo, hi = interval
-    hy, hx = height - size + 1, width - size + 1
     two_area = 2 * size * size
-    first = np.zeros((n, 2), np.int32)
-    second = np.zeros((n, 2), np.int32)
-    iou = np.zeros(n)
-    pending = np.arange(n)  # pairs still without a qualifying crop 2
-    for _ in range(r2):
-        m = len(pending)
-        fy, fx = rng.integers(0, hy, m, dtype=np.int32), rng.integers(0, hx, m, dtype=np.int32)
-        sy, sx = rng.integers(0, hy, (m, r1), dtype=np.int32), rng.integers(0, hx, (m, r1), dtype=np.int32)
-        inter = np.maximum(size - np.abs(sy - fy[:, None]), 0) * np.maximum(size - np.abs(sx - fx[:, None]), 0)
-        # lo <= inter / (2 s^2 - inter) <= hi (eq. 3.1 for equal squares), without dividing
-        ok = (inter * (1 + lo) >= two_area * lo) & (inter * (1 + hi) <= two_area * hi)
-        hit = ok.any(1)
-        q = np.where(hit, ok.argmax(1), r1 - 1)  # first qualifying try, else the last one
-        rows = np.arange(m)
-        first[pending] = np.stack([fy, fx], 1)
-        second[pending] = np.stack([sy[rows, q], sx[rows, q]], 1)
-        chosen = inter[rows, q]
-        iou[pending] = chosen / (two_area - chosen)
-        pending = pending[~hit]
-        if not len(pending):
-            break
-    fallback = np.zeros(n, bool)
-    fallback[pending] = True
-    return first, second, iou, fallback
+    # IoU = inter / (2 s^2 - inter) is monotone in the integer overlap area, so the interval
+    # becomes integer bounds on it: no division over the candidate array.
+    # (exact rationals: the bounds are inclusive and must not move by a rounding error)
+    min_inter = math.ceil(two_area * Fraction(lo) / (1 + Fraction(lo)))
+    max_inter = math.floor(two_area * Fraction(hi) / (1 + Fraction(hi)))
+    dtype = np.int16 if max(height, width, size * size) < 2**15 else np.int64
+    hy, hx = height - size + 1, width - size + 1
+    fy, fx = rng.integers(0, hy, (r2, n, 1), dtype=dtype), rng.integers(0, hx, (r2, n, 1), dtype=dtype)
+    sy, sx = rng.integers(0, hy, (r2, n, r1), dtype=dtype), rng.integers(0, hx, (r2, n, r1), dtype=dtype)
+    inter = np.maximum(size - np.abs(sy - fy), 0) * np.maximum(size - np.abs(sx - fx), 0)  # (r2, n, r1)
+    ok = ((inter >= min_inter) & (inter <= max_inter)).transpose(1, 0, 2).reshape(n, r2 * r1)
+    hit = ok.any(1)
+    # Tries are ordered (crop 1 round, crop 2 try): the first qualifying one is Algorithm 1's
+    # return; without one, the very last pair drawn.
+    k = np.where(hit, ok.argmax(1), r2 * r1 - 1)
+    p, q = np.divmod(k, r1)
+    cols = np.arange(n)
+    first = np.stack([fy[p, cols, 0], fx[p, cols, 0]], 1).astype(np.int64)
+    second = np.stack([sy[p, cols, q], sx[p, cols, q]], 1).astype(np.int64)
+    chosen = inter[p, cols, q].astype(np.float64)
+    return first, second, chosen / (two_area - chosen), ~hit
 
 
 def sample_pair(
