@@ -46,9 +46,6 @@ class TrialPlan:
         seeds = "-".join(f"{k}{v}" for k, v in sorted(self.repeat.items()))
         return f"{self.config_id}-{seeds or 'r0'}"
 
-    def skipped(self, stage: str, method_name: str) -> bool:
-        return METHODS[method_name].stages[stage].skip(self.configs[stage])
-
 
 def grid_config_count(spec: Spec) -> int:
     return len(grid_points(spec)) * len(repeat_points(spec))

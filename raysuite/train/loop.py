@@ -15,7 +15,7 @@ import math
 import random
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +63,6 @@ class Recipe:
     patience: int | None = None  # epochs since the best evaluation before stopping
     epoch_end: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
     amp: bool = True
-    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -164,7 +163,6 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
                             "best_epoch": best_epoch,
                             "best_model": best_state,
                             "history": history,
-                            **recipe.extra_state,
                         },
                         tmp / STATE_FILE,
                     )
