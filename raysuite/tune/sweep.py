@@ -142,14 +142,16 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     """Run (or with ``resume`` continue) every study of ``spec``; returns the summary."""
     method = METHODS[spec.method]
     storage = storage_root(spec)
-    exp_dir = f"{storage}/{spec.name}"
-    Path(exp_dir).mkdir(parents=True, exist_ok=True)
+    exp_dir = f"{storage}/{spec.name}"  # Tune state (local, shared filesystem or s3://)
+    # The driver's own files (sweep state, summary, plots) stay on the driver's machine.
+    local_dir = Path(exp_dir) if "://" not in storage else Path.cwd() / "ray_results" / spec.name
+    local_dir.mkdir(parents=True, exist_ok=True)
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
     coordinator, actor = stage_cache.start_coordinator(spec.name)
     uri = track.tracking_uri()
     client = track.client(uri)
-    state = _load_state(Path(exp_dir) / STATE) if resume else None
+    state = _load_state(local_dir / STATE) if resume else None
     if state is None:
         invocation = uuid.uuid4().hex[:8]
         parent = track.start_parent(
@@ -157,7 +159,7 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
             {"mlflow.runName": f"sweep-{invocation}", "raysuite.method": spec.method, "raysuite.invocation": invocation},
         )  # fmt: skip
         state = {"parent_run_id": parent, "invocation": invocation}
-        (Path(exp_dir) / STATE).write_text(json.dumps(state))
+        (local_dir / STATE).write_text(json.dumps(state))
         track.log_text(client, parent, "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
@@ -184,13 +186,13 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
         raise
     track.fail_unfinished_children(client, parent)
     stats = ray.get(actor.stats.remote())
-    outcome = _finish(spec, client, parent, stats, exp_dir)
+    outcome = _finish(spec, client, parent, stats, local_dir)
     track.end_run(client, parent, failed=failed)
     outcome.failed = failed
     return outcome
 
 
-def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], exp_dir: str) -> SweepOutcome:
+def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], out: Path) -> SweepOutcome:
     trials = track.child_table(client, parent)
     metric = tune_metric(spec)
     if not trials.empty and metric in trials:
@@ -210,8 +212,8 @@ def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], exp_dir
     track.log_metrics(client, parent, metrics, 0, 0)
     track.log_text(client, parent, "summary.csv", summary.to_csv(index=False))
     track.log_text(client, parent, "stage_cache_keys.json", json.dumps(stats["computed"], indent=1))
-    Path(exp_dir, "summary.csv").write_text(summary.to_csv(index=False))
-    curves = _plot_curves(client, trials, spec.objective.metric, Path(exp_dir))
+    (out / "summary.csv").write_text(summary.to_csv(index=False))
+    curves = _plot_curves(client, trials, spec.objective.metric, out)
     if curves is not None:
         track.log_file(client, parent, curves)
     return SweepOutcome(parent, summary, stage_runs, trials)
