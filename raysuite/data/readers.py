@@ -1,32 +1,245 @@
-"""Image readers returning ``(array, meta)``; meta holds geometry and modality only, never a
-patient-identifying field. (DICOM, PNG and MHD readers arrive with the data layer, issue 3.)"""
+"""Image readers returning ``(array, meta)``.
+
+``meta`` carries geometry, modality and encoding only, never a patient-identifying field:
+a DICOM's patient and study identifiers leave the reader as salted keys
+(:mod:`raysuite.data.privacy`). Every failure is a :class:`ReadError` whose ``code`` names
+the reason class used by ingest error tables (``truncated``, ``no_pixel_data``...).
+"""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from raysuite.data import privacy
+
+READ_CODES = (
+    "missing_file",
+    "not_dicom",
+    "truncated",
+    "no_pixel_data",
+    "undecodable_transfer_syntax",
+    "unsupported_image",
+    "nan_volume",
+    "needs_volume_index",
+    "unreadable",
+)
+
 
 class ReadError(ValueError):
     """A file that cannot be read; the message names the file and the reason."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str, code: str = "unreadable"):
         self.path = str(path)
         self.reason = reason
+        self.code = code
         super().__init__(f"{path}: {reason}")
 
-    def __reduce__(self) -> tuple:  # keep (path, reason) when Ray ships the error across processes
-        return (type(self), (self.path, self.reason))
+    def __reduce__(self) -> tuple:  # keep the fields when Ray or a process pool ships it
+        return (type(self), (self.path, self.reason, self.code))
 
 
 @dataclass(frozen=True)
 class ImageMeta:
+    """Geometry and encoding of an image. ``spacing`` follows the array's axes for 2-D
+    images (row, column) and NIfTI (x, y, z); MetaImage gives (x, y, z) with ``origin``
+    and ``direction`` so world (mm) coordinates can be mapped to voxels."""
+
     spacing: tuple[float, ...]
-    affine: np.ndarray = field(repr=False)
-    modality: str = "CT"
-    orientation: str = "RAS"
+    affine: np.ndarray | None = field(default=None, repr=False)
+    modality: str = ""
+    orientation: str = ""
+    origin: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
+    photometric: str = ""
+    transfer_syntax: str = ""
+    bits: int = 0
+    patient_key: str | None = None
+    study_key: str | None = None
+
+    def world_to_voxel(self, xyz: np.ndarray) -> np.ndarray:
+        """(N, 3) world coordinates in mm -> (N, 3) continuous voxel indices (x, y, z)."""
+        if self.origin is None or self.direction is None:
+            raise ValueError("image has no origin/direction")
+        # MetaImage TransformMatrix row i is the direction of voxel axis i (ITK MetaImageIO),
+        # so the direction matrix (columns = axis directions) is its transpose.
+        d = np.asarray(self.direction, float).reshape(3, 3).T * np.asarray(self.spacing, float)
+        return np.linalg.solve(d, (np.atleast_2d(xyz) - np.asarray(self.origin, float)).T).T
+
+
+def _exists(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise ReadError(path, "file not found", "missing_file")
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def read_dicom(path: str | Path, voi: bool = True, frame: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """Read a grayscale DICOM image as float32 ``(H, W)``.
+
+    Applies the Modality LUT (rescale slope/intercept or LUT), then, when ``voi``, the VOI
+    LUT or window; MONOCHROME1 is inverted so that higher is brighter. Compressed transfer
+    syntaxes decode through pydicom's pylibjpeg/pyjpegls plugins. Multi-frame images need
+    ``frame``. Messages are scrubbed of the file's identifying values.
+    """
+    import pydicom
+    from pydicom.config import IGNORE, settings
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    _exists(path)
+    settings.reading_validation_mode = IGNORE  # validation warnings would echo element values
+    try:
+        ds = pydicom.dcmread(str(path))
+    except InvalidDicomError as err:
+        raise ReadError(path, f"not a DICOM file ({err})", "not_dicom") from None
+    except (EOFError, OSError) as err:
+        raise ReadError(path, f"truncated or unreadable header ({type(err).__name__})", "truncated") from None
+    except Exception as err:  # pydicom raises many types for scrambled headers
+        raise ReadError(path, f"unreadable header ({type(err).__name__})", "not_dicom") from None
+    secrets_ = privacy.identifying_values(ds)
+    if "PixelData" not in ds:
+        # pydicom drops encapsulated pixel data that the end of the file cuts off
+        if b"\xe0\x7f\x10\x00" in Path(path).read_bytes():  # the (7FE0,0010) tag, little endian
+            raise ReadError(path, "file ends inside the pixel data", "truncated")
+        raise ReadError(path, "no pixel data", "no_pixel_data")
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    ts_name = getattr(ts, "name", str(ts or "implicit"))
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ReadError(path, f"{ds.SamplesPerPixel} samples per pixel; grayscale expected", "unsupported_image")
+    try:
+        pixels = ds.pixel_array
+    except (NotImplementedError, RuntimeError, ImportError) as err:
+        msg = privacy.scrub(str(err).splitlines()[0][:200], secrets_)
+        raise ReadError(path, f"cannot decode transfer syntax {ts_name} ({msg})", "undecodable_transfer_syntax") from None
+    except Exception as err:
+        msg = privacy.scrub(str(err).splitlines()[0][:200], secrets_)
+        raise ReadError(path, f"pixel data truncated or corrupt ({type(err).__name__}: {msg})", "truncated") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        if frame is None:
+            raise ReadError(path, f"{frames} frames: pass a frame index", "unsupported_image")
+        pixels = pixels[frame]
+    if pixels.ndim != 2:
+        raise ReadError(path, f"pixel array of shape {pixels.shape}; 2-D expected", "unsupported_image")
+    arr = apply_modality_lut(pixels, ds)
+    if voi:
+        arr = apply_voi_lut(arr, ds)
+    arr = np.asarray(arr, np.float32)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    meta = ImageMeta(
+        spacing=tuple(float(s) for s in spacing),
+        modality=str(ds.get("Modality", "")),
+        photometric=photometric,
+        transfer_syntax=ts_name,
+        bits=int(ds.get("BitsStored", 0) or 0),
+        patient_key=privacy.salted_key(patient_id) if patient_id else None,
+        study_key=privacy.salted_key(study_uid, "s") if study_uid else None,
+    )
+    return arr, meta
+
+
+# ------------------------------------------------------------------------- PNG / JPEG
+
+
+def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+    """Read an 8- or 16-bit grayscale PNG/JPEG as float32 ``(H, W)`` in stored units.
+
+    RGB(A) images (a few ChestX-ray14 and MURA files) are converted to luminance.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _exists(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("RGB", "RGBA", "P", "LA"):
+                img = img.convert("L")
+            arr = np.asarray(img)
+    except UnidentifiedImageError:
+        raise ReadError(path, "not a PNG/JPEG image", "unreadable") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ReadError(path, f"truncated or corrupt image ({err})", "truncated") from None
+    if arr.ndim != 2:
+        raise ReadError(path, f"image of shape {arr.shape}; grayscale expected", "unsupported_image")
+    bits = 16 if arr.dtype.itemsize >= 2 or mode.startswith("I") else 8
+    return arr.astype(np.float32), ImageMeta(spacing=(1.0, 1.0), modality="", bits=bits)
+
+
+# -------------------------------------------------------------------------- MetaImage
+
+_MET_TYPES = {
+    "MET_UCHAR": np.uint8, "MET_CHAR": np.int8, "MET_USHORT": np.uint16, "MET_SHORT": np.int16,
+    "MET_UINT": np.uint32, "MET_INT": np.int32, "MET_FLOAT": np.float32, "MET_DOUBLE": np.float64,
+}  # fmt: skip
+
+
+def read_mhd_header(path: str | Path) -> dict[str, str]:
+    _exists(path)
+    header: dict[str, str] = {}
+    try:
+        for line in Path(path).read_text(errors="strict").splitlines():
+            if "=" in line:
+                key, value = line.split("=", 1)
+                header[key.strip()] = value.strip()
+    except (UnicodeDecodeError, OSError) as err:
+        raise ReadError(path, f"unreadable MetaImage header ({err})", "unreadable") from None
+    for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
+        if key not in header:
+            raise ReadError(path, f"MetaImage header lacks {key}", "unreadable")
+    return header
+
+
+def read_mhd(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+    """Read a MetaImage ``.mhd`` (+ ``.raw`` or ``.zraw``) as float32 ``(Z, Y, X)``.
+
+    ``meta`` gives origin, spacing (x, y, z) and the 3x3 direction (``TransformMatrix``,
+    row-major) so :meth:`ImageMeta.world_to_voxel` maps LUNA16 world coordinates.
+    """
+    header = read_mhd_header(path)
+    dims = [int(v) for v in header["DimSize"].split()]
+    ndim = int(header["NDims"])
+    dtype = _MET_TYPES.get(header["ElementType"])
+    if dtype is None or len(dims) != ndim:
+        raise ReadError(path, f"unsupported ElementType {header['ElementType']} or DimSize {dims}", "unsupported_image")
+    msb = header.get("ElementByteOrderMSB", header.get("BinaryDataByteOrderMSB", "False")).lower() == "true"
+    dt = np.dtype(dtype).newbyteorder(">" if msb else "<")
+    data_file = header["ElementDataFile"]
+    if data_file == "LOCAL":
+        raise ReadError(path, "inline (LOCAL) MetaImage data is not supported", "unsupported_image")
+    raw_path = Path(path).parent / data_file
+    _exists(raw_path)
+    blob = raw_path.read_bytes()
+    if header.get("CompressedData", "False").lower() == "true":
+        try:
+            blob = zlib.decompress(blob)
+        except zlib.error as err:
+            raise ReadError(raw_path, f"corrupt compressed data ({err})", "truncated") from None
+    expected = int(np.prod(dims)) * dt.itemsize
+    if len(blob) != expected:
+        raise ReadError(raw_path, f"{len(blob)} bytes of voxel data, header needs {expected}", "truncated")
+    arr = np.frombuffer(blob, dt).reshape(dims[::-1]).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ReadError(path, "contains NaN or Inf voxels", "nan_volume")
+    spacing = tuple(float(v) for v in header.get("ElementSpacing", " ".join(["1"] * ndim)).split())
+    origin = tuple(float(v) for v in header.get("Offset", header.get("Origin", " ".join(["0"] * ndim))).split())
+    direction = tuple(float(v) for v in header.get("TransformMatrix", " ".join(str(float(v)) for v in np.eye(ndim).ravel())).split())
+    return arr, ImageMeta(
+        spacing=spacing, origin=origin, direction=direction, modality=header.get("Modality", "CT").replace("MET_MOD_", "")
+    )
+
+
+# ------------------------------------------------------------------------------ NIfTI
 
 
 def read_nifti(path: str | Path, volume: int | None = None, dtype: type = np.float32) -> tuple[np.ndarray, ImageMeta]:
@@ -36,25 +249,26 @@ def read_nifti(path: str | Path, volume: int | None = None, dtype: type = np.flo
     """
     import nibabel as nib
 
+    _exists(path)
     try:
         img = nib.load(str(path))
         img = nib.as_closest_canonical(img)
     except Exception as err:  # nibabel raises many types for broken files
-        raise ReadError(path, f"not a readable NIfTI file ({err})") from None
+        raise ReadError(path, f"not a readable NIfTI file ({err})", "unreadable") from None
     shape = img.shape
     if len(shape) == 4:
         if volume is None:
-            raise ReadError(path, f"4-D image {shape}: pass a volume index")
+            raise ReadError(path, f"4-D image {shape}: pass a volume index", "needs_volume_index")
         if not 0 <= volume < shape[3]:
-            raise ReadError(path, f"volume index {volume} outside 0..{shape[3] - 1}")
+            raise ReadError(path, f"volume index {volume} outside 0..{shape[3] - 1}", "needs_volume_index")
         img = img.slicer[..., volume]
     elif len(shape) not in (2, 3):
-        raise ReadError(path, f"unsupported NIfTI shape {shape}")
+        raise ReadError(path, f"unsupported NIfTI shape {shape}", "unsupported_image")
     try:
         data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as err:
-        raise ReadError(path, f"cannot decode voxel data ({err})") from None
+        raise ReadError(path, f"cannot decode voxel data ({err})", "truncated") from None
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise ReadError(path, "contains NaN or Inf voxels")
+        raise ReadError(path, "contains NaN or Inf voxels", "nan_volume")
     zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
-    return data, ImageMeta(spacing=zooms, affine=img.affine.copy())
+    return data, ImageMeta(spacing=zooms, affine=img.affine.copy(), modality="CT", orientation="RAS")
