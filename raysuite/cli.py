@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from raysuite.data.ingest import LayoutError
+from raysuite.data.manifest import ManifestError
 from raysuite.spec import DATA_FORMATS, SpecError, load_spec, smoke
 
 
@@ -64,19 +66,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from raysuite.data.formats import FORMATS
+    from raysuite.data import formats
+    from raysuite.data.datasets import SplitOptions, errors_path, run_ingest
 
-    if args.format not in FORMATS:
-        raise SpecError(None, "FORMAT", f"{args.format!r} is not implemented yet; available: {sorted(FORMATS)}")
-    fmt = FORMATS[args.format]
     if args.action == "synth":
-        counts = fmt.synth(args.out, cases=args.cases, seed=args.seed)
+        counts = formats.get(args.format).synth(args.out, cases=args.cases, seed=args.seed)
         print(f"wrote {counts} to {args.out}")
-    else:
-        cases = fmt.find_cases(args.root)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        cases.to_parquet(args.out, index=False)
-        print(f"{len(cases)} cases ({int(cases.labelled.sum())} labelled) -> {args.out}")
+        return 0
+    ratios = tuple(float(r) for r in args.split.split(","))
+    if len(ratios) != 3:
+        raise SpecError(None, "--split", f"expected three ratios train,val,test; got {args.split!r}")
+    counts = run_ingest(
+        args.format, args.root, args.out, workers=args.workers,
+        split=SplitOptions(ratios=ratios, seed=args.split_seed, folds=args.folds),
+    )  # fmt: skip
+    print(f"found {counts['found']}  ingested {counts['ingested']}  failed {counts['failed']}")
+    for reason, n in counts["failed_by_reason"].items():
+        print(f"  failed {reason}: {n}")
+    print(f"manifest {args.out} (hash {counts['hash']}); errors {errors_path(args.out)}")
     return 0
 
 
@@ -109,7 +116,11 @@ def parser() -> argparse.ArgumentParser:
     ing = dsub.add_parser("ingest")
     ing.add_argument("format", choices=DATA_FORMATS)
     ing.add_argument("root")
-    ing.add_argument("out")
+    ing.add_argument("out", help="manifest .parquet (errors go to <out>.errors.parquet)")
+    ing.add_argument("--workers", type=int, default=None, help="decode processes (default: cores, at most 8)")
+    ing.add_argument("--split", default="0.7,0.1,0.2", help="patient-level train,val,test ratios")
+    ing.add_argument("--split-seed", type=int, default=0)
+    ing.add_argument("--folds", type=int, default=None, help="also assign K cross-validation folds by patient")
     da.set_defaults(func=cmd_data)
     return ap
 
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(err.code or 0)
     try:
         return args.func(args)
-    except SpecError as err:
+    except (SpecError, LayoutError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

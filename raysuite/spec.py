@@ -38,9 +38,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class SplitSpec(Strict):
+    """Patient-level split written into the manifest at ingest (seeds 000/003: 70/10/20;
+    seed 002: 5-fold cross-validation)."""
+
+    ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+    folds: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitSpec:
+        if abs(sum(self.ratios) - 1) > 1e-6 or min(self.ratios) < 0:
+            raise ValueError(f"ratios {list(self.ratios)} must be non-negative and sum to 1")
+        return self
+
+
 class DataSpec(Strict):
     format: Literal["vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura"]
     root: str
+    manifest: str | None = None  # default: <cache_dir>/manifests/<format>-<hash of root>.parquet
+    split: SplitSpec = SplitSpec()
     synthetic_if_missing: bool = False
     synthetic_cases: int | None = Field(default=None, ge=2)
     cache_dir: str | None = None
@@ -193,7 +210,7 @@ def parse_spec(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Sp
 
 def _absolute_paths(spec: Spec) -> None:
     """Trials run in other working directories: pin relative paths to this one."""
-    for owner, attr in ((spec.data, "root"), (spec.data, "cache_dir"), (spec, "storage")):
+    for owner, attr in ((spec.data, "root"), (spec.data, "manifest"), (spec.data, "cache_dir"), (spec, "storage")):
         value = getattr(owner, attr)
         if value and "://" not in value:
             setattr(owner, attr, os.path.abspath(os.path.expanduser(value)))
@@ -362,6 +379,7 @@ def smoke(spec: Spec) -> Spec:
     data.resources.gpus_per_worker = 0
     # Smoke never touches real data: a small synthetic copy of the format sits beside it.
     data.data.root = f"{data.data.root.rstrip('/')}-smoke-synthetic"
+    data.data.manifest = None
     data.data.synthetic_if_missing = True
     data.data.synthetic_cases = method.smoke_cases
     data.resources.workers_per_trial = min(data.resources.workers_per_trial, 2)

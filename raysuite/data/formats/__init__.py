@@ -1,5 +1,21 @@
-"""One module per public dataset: its layout, ingest and synthetic writer."""
+"""One module per public dataset: its published layout, ``ingest`` and ``synth``.
 
-from raysuite.data.formats import flare22
+A format module defines ``NAME``, ``synth(out_dir, cases=10, seed=0) -> counts`` writing
+the exact published layout with learnable phantoms, and ``ingest(root, ledger, workers)``
+adding one manifest row per readable sample to the :class:`~raysuite.data.ingest.Ledger`
+and one error row per unreadable one.
+"""
 
-FORMATS = {"flare22": flare22}
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+NAMES = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura")
+
+
+def get(name: str) -> ModuleType:
+    """The format module ``name`` (KeyError naming the known formats otherwise)."""
+    if name not in NAMES:
+        raise KeyError(f"unknown data format {name!r}; known: {list(NAMES)}")
+    return importlib.import_module(f"raysuite.data.formats.{name}")
