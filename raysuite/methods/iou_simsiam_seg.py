@@ -18,6 +18,7 @@ sliding-window inference (roi 96, overlap 0.25), ``val/dice`` (eq. 4.2).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from raysuite.data import augment
 from raysuite.data.cache import SliceCache, default_cache_dir
 from raysuite.data.crops import sample_pair
+from raysuite.data.datasets import ensure_manifest
 from raysuite.data.formats import flare22
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
@@ -125,12 +127,14 @@ class FinetuneConfig(SwinStageConfig):
 
 
 def prepare_data(data: dict[str, Any]) -> None:
-    """Synthesise the dataset when the root is absent and ``synthetic_if_missing`` is set.
+    """Synthesise the dataset when the root is absent and ``synthetic_if_missing`` is set,
+    then ingest it into its manifest (once; later calls read the manifest).
 
-    Deterministic (seeded), guarded by a lock file, so every node can run it safely.
+    Deterministic (seeded), guarded by lock files, so every node can run it safely.
     """
     root = Path(data["root"])
     if (root / ".raysuite-complete").exists() or (root.exists() and any(root.rglob("*_0000.nii.gz"))):
+        ensure_manifest(data)
         return
     if not data.get("synthetic_if_missing"):
         raise FileNotFoundError(f"{root}: no FLARE22 data (set data.synthetic_if_missing: true to synthesise)")
@@ -140,20 +144,26 @@ def prepare_data(data: dict[str, Any]) -> None:
         if not (root / ".raysuite-complete").exists():
             flare22.synth(root, cases=data.get("synthetic_cases") or 20, seed=0)
             (root / ".raysuite-complete").write_text("synthetic\n")
+    ensure_manifest(data)
 
 
 def _cases(data: dict[str, Any], cfg: FinetuneConfig | None) -> Any:
-    cases = flare22.find_cases(data["root"])
+    df, _ = ensure_manifest(data)
+    cases = flare22.cases_from_manifest(df, data["root"])
     if cfg is None:
         return cases
     return flare22.split_cases(cases, cfg.labelled_cases, cfg.val_cases, cfg.split_seed)
 
 
 def manifest_hash(data: dict[str, Any], stage: str, cfg: Any) -> str:
+    """Hash of the manifest's content, this stage's cases and split, and the preprocessing."""
+    _, meta = ensure_manifest(data)
     cases = _cases(data, cfg if stage == "finetune" else None)
     if stage == "pretrain":
         cases = cases[~cases.labelled]
-    return flare22.manifest_hash(cases, PREP)
+    cols = [c for c in ("case_id", "labelled", "split") if c in cases]
+    blob = meta["hash"] + cases[cols].to_csv(index=False) + PREP.key()
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _slice_cache(data: dict[str, Any]) -> SliceCache:

@@ -7,21 +7,23 @@ Published layout (training set)::
     FLARE22_UnlabeledCase1-1000/Case_00001_0000.nii.gz         CT without labels
 
 Ingest finds images as ``*_0000.nii.gz`` anywhere under the root; a case is labelled when a
-``labels/<case>.nii.gz`` sits beside its ``images/`` folder.
+``labels/<case>.nii.gz`` sits beside its ``images/`` folder. One manifest row per case.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from raysuite.data import privacy
+from raysuite.data.ingest import LayoutError, Ledger, SampleError
 from raysuite.data.readers import ReadError, read_nifti
 
 ORGANS = (
@@ -47,39 +49,87 @@ class Preprocessing:
 
 # --------------------------------------------------------------------------- ingest
 
+NAME = "flare22"
 
-def find_cases(root: str | Path) -> pd.DataFrame:
-    """List the cases under ``root``: columns case_id, image, label (None when unlabelled),
-    labelled, bytes. Sorted by case_id; refuses a root with no ``*_0000.nii.gz`` image."""
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*_0000.nii.gz"))
+
+
+def _label_of(image: Path) -> Path | None:
+    case_id = image.name[: -len("_0000.nii.gz")]
+    if image.parent.name != "images":
+        return None
+    label = image.parent.parent / "labels" / f"{case_id}.nii.gz"
+    return label if label.exists() else None
+
+
+def _ingest_case(item: tuple[str, str, str | None]) -> dict[str, Any]:
+    """Decode one case (image and, when present, label) and return its manifest row."""
+    root, rel_image, rel_label = item
+    image, meta = read_nifti(Path(root) / rel_image)
+    if image.ndim != 3:
+        raise ReadError(Path(root) / rel_image, f"expected a 3-D CT volume, got shape {image.shape}", "unsupported_image")
+    organs: list[str] = []
+    if rel_label is not None:
+        label, _ = read_nifti(Path(root) / rel_label, dtype=np.float32)
+        if label.shape != image.shape:
+            raise SampleError(
+                Path(root) / rel_label, "shape_mismatch", f"label shape {label.shape} differs from image {image.shape}"
+            )
+        present = np.unique(label.astype(np.int64))
+        if present.min() < 0 or present.max() > len(ORGANS):
+            raise SampleError(Path(root) / rel_label, "bad_label", f"label values {present.tolist()} outside 0..{len(ORGANS)}")
+        organs = [ORGANS[i - 1] for i in present if i > 0]
+    case_id = Path(rel_image).name[: -len("_0000.nii.gz")]
+    return {
+        "sample_id": case_id,
+        "patient_key": privacy.salted_key(case_id),  # FLARE22 has one scan per patient
+        "path": rel_image,
+        "modality": "CT",
+        "height": int(image.shape[1]),
+        "width": int(image.shape[0]),
+        "depth": int(image.shape[2]),
+        "spacing": list(meta.spacing),
+        "labels": organs,
+        "mask": rel_label,
+        "source_split": "labelled" if rel_label is not None else "unlabelled",
+        "extra": {"labelled": rel_label is not None},
+    }
+
+
+def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
+    """Decode every ``*_0000.nii.gz`` under ``root`` (and its label when one exists) into
+    one manifest row per case: ``mask`` is the label path, ``labels`` the organs present.
+    Arrays are (X, Y, Z) in RAS, so ``width`` = X, ``height`` = Y, ``depth`` = Z."""
+    images = _image_files(root)
+    if not images:
+        raise LayoutError(root, "not a FLARE22 layout: no *_0000.nii.gz images (e.g. FLARE22_LabeledCase50/images/)")
+    items = []
+    for image in images:
+        label = _label_of(image)
+        rel = image.relative_to(root).as_posix()
+        items.append((image.name[: -len("_0000.nii.gz")], (str(root), rel, label.relative_to(root).as_posix() if label else None)))
+    ledger.run(_ingest_case, items, workers)
+
+
+def cases_from_manifest(df: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """The case table methods use: case_id, image, label (absolute paths; None when
+    unlabelled), labelled; sorted by case_id."""
     root = Path(root)
-    rows = []
-    for image in sorted(root.rglob("*_0000.nii.gz")):
-        case_id = image.name[: -len("_0000.nii.gz")]
-        label = image.parent.parent / "labels" / f"{case_id}.nii.gz" if image.parent.name == "images" else None
-        has_label = label is not None and label.exists()
-        rows.append(
-            {
-                "case_id": case_id,
-                "image": str(image),
-                "label": str(label) if has_label else None,
-                "labelled": has_label,
-                "bytes": image.stat().st_size + (label.stat().st_size if has_label else 0),
-            }
-        )
-    if not rows:
-        raise ReadError(root, "no FLARE22 images (*_0000.nii.gz) found")
-    return pd.DataFrame(rows).sort_values("case_id", ignore_index=True)
-
-
-def manifest_hash(cases: pd.DataFrame, prep: Preprocessing) -> str:
-    """Content hash of a case list (ids, byte sizes, split) and the preprocessing."""
-    cols = [c for c in ("case_id", "bytes", "labelled", "split") if c in cases]
-    blob = cases[cols].to_csv(index=False) + prep.key()
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return pd.DataFrame(
+        {
+            "case_id": df.sample_id.to_numpy(),
+            "image": [str(root / p) for p in df.path],
+            "label": [str(root / m) if m is not None else None for m in df["mask"]],
+            "labelled": [m is not None for m in df["mask"]],
+        }
+    ).sort_values("case_id", ignore_index=True)
 
 
 def split_cases(cases: pd.DataFrame, train_cases: int, val_cases: int, split_seed: int = 0) -> pd.DataFrame:
-    """Per-case split of the labelled cases (never a case's slices in two splits).
+    """Per-case split of the labelled cases, seed 001's counts (never a case's slices in
+    two splits; FLARE22 has one scan per patient, so this is a patient-level split).
 
     Unlabelled cases get split ``unlabelled``; labelled ones ``val`` (first ``val_cases``
     after a seeded shuffle), ``train`` (next ``train_cases``) and ``unused``.
