@@ -97,12 +97,7 @@ class Ledger:
         """Apply ``fn`` to each ``(sample_id, item)``; a returned row (or rows) is ingested,
         an exception becomes an error row. ``workers > 1`` uses processes (``fn`` must be a
         module-level function). Order follows ``items``."""
-        results: Iterable
-        if workers > 1 and len(items) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(_call, [fn] * len(items), [it for _, it in items], chunksize=8))
-        else:
-            results = [_call(fn, it) for _, it in items]
+        results = map_safe(fn, [it for _, it in items], workers)
         for (sample_id, item), (ok, value) in zip(items, results, strict=True):
             if ok:
                 for row in value if isinstance(value, list) else [value]:
@@ -127,6 +122,15 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
         return True, fn(item)
     except Exception as err:  # recorded, never raised: the ingest goes on
         return False, err
+
+
+def map_safe(fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 1) -> list[tuple[bool, Any]]:
+    """``[(True, fn(item)) or (False, exception)]`` in ``items`` order; ``workers > 1`` runs
+    ``fn`` (a module-level function) in a process pool."""
+    if workers > 1 and len(items) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            return list(pool.map(_call, [fn] * len(items), items, chunksize=8))
+    return [_call(fn, it) for it in items]
 
 
 def default_workers() -> int:

@@ -1,0 +1,542 @@
+"""SIIM-ACR Pneumothorax Segmentation (Kaggle 2019; seed 004): layout, ingest, preprocessing
+and a synthetic writer.
+
+Published layout (stage 1)::
+
+    dicom-images-train/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    dicom-images-test/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    train-rle.csv          header "ImageId, EncodedPixels" (note the space)
+
+The DICOMs are 1024x1024 8-bit MONOCHROME2 chest radiographs, modality CR, JPEG baseline
+(lossy) Secondary Capture objects with ``ViewPosition`` PA or AP. ``ImageId`` is the
+SOPInstanceUID, which is also the file stem. A positive image has one CSV row per
+pneumothorax region (the masks are OR-ed; a ``-1`` among region rows adds nothing); a
+negative one has a single row ``-1`` (written `` -1``). Masks use the relative
+column-major RLE of :mod:`raysuite.data.rle`.
+
+The stage-2 release, ``stage_2_train.csv`` (header ``ImageId,EncodedPixels``), labels the
+stage-1 test images too; when both CSVs are present, ``stage_2_train.csv`` is used.
+
+Ingest (one sample per image, or per ImageId the CSV names):
+
+- an image the CSV lists becomes a labelled row: ``labels`` ``["Pneumothorax"]`` and
+  ``mask`` ``"rle:<encoding of the OR-ed mask>"``, or ``[]`` and ``None`` when empty;
+- a ``dicom-images-test`` image the CSV does not list is ingested *unlabelled*:
+  ``source_split`` ``"test"``, ``labels`` ``[]``, ``mask`` None and ``extra.labelled``
+  false. ``labels == []`` does not mean normal there: methods must keep only rows with
+  ``extra.labelled`` (seed 004 trains on the 10,675 labelled training images only);
+- failures: ``missing_file`` (CSV names an absent DICOM), ``no_annotation`` (a
+  ``dicom-images-train`` DICOM the CSV does not list), ``malformed_rle`` (any of the
+  image's encodings is malformed or runs past the image), ``shape_mismatch`` (the runs
+  fit the dataset's usual image size but not this DICOM's), ``bad_csv_row`` (a CSV line
+  that does not parse, or has no ImageId), ``duplicate_image`` (a second file with an
+  ImageId already seen), and the readers' codes (``truncated``, ``no_pixel_data``,
+  ``undecodable_transfer_syntax``, ``not_dicom``...). An image with any bad annotation
+  fails whole.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from raysuite.data import privacy, rle
+from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
+from raysuite.data.readers import ReadError, read_dicom
+
+NAME = "siim_acr"
+LABEL = "Pneumothorax"
+TRAIN_DIR = "dicom-images-train"
+TEST_DIR = "dicom-images-test"
+STAGE1_CSV = "train-rle.csv"
+STAGE2_CSV = "stage_2_train.csv"
+COLUMNS = ("ImageId", "EncodedPixels")
+PUBLISHED_SIZE = 1024
+PUBLISHED_SPACING = 0.168  # mm, PixelSpacing of the released radiographs
+_UID_ROOT = "1.2.276.0.7230010.3.1"  # the UID root of the released files
+_OVERRUN = "_overrun"
+
+
+# --------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Seed 004 §4.2: each DICOM is converted to an 8-bit PNG and "resized to fit the input
+    layer": ``size`` 256 for the U-Nets (Tables 4.2 and 4.4), 224 for the ResNeXt-50
+    classifier (Table 4.3, :data:`CLASSIFIER`). Pixels are scaled to [0, 1] by the stored
+    bit depth (``/255`` for the 8-bit SIIM images, as loading the PNG does); ImageNet
+    mean/std normalisation (fastai's ``imagenet_stats``) belongs to the model input, not
+    here. The image is squashed to ``size`` x ``size`` with ``interpolation``; masks always
+    use nearest neighbour."""
+
+    size: int = 256
+    interpolation: str = "bilinear"  # or "nearest", "bicubic", "area"
+
+    def key(self) -> str:
+        return f"siim-s{self.size}-{self.interpolation}"
+
+
+SEGMENTER = Preprocessing(size=256)
+CLASSIFIER = Preprocessing(size=224)
+
+
+def _pil_filter(name: str) -> int:
+    from PIL import Image
+
+    filters = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "area": Image.Resampling.BOX,
+    }
+    if name not in filters:
+        raise ValueError(f"unknown interpolation {name!r}; known: {sorted(filters)}")
+    return filters[name]
+
+
+def _resize(array: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    from PIL import Image
+
+    if array.shape == (size, size):
+        return array
+    if array.dtype not in (np.float32, np.uint8):
+        raise TypeError(f"resize expects float32 or uint8, got {array.dtype}")
+    image = Image.fromarray(np.ascontiguousarray(array))  # mode F or L
+    return np.asarray(image.resize((size, size), _pil_filter(interpolation)))
+
+
+def preprocess(root: Path, row: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
+    """One manifest row -> ``(S, S)`` float32 image in [0, 1], ``S = prep.size`` (seed 004
+    §4.2: DICOM -> 8-bit grey levels / 255 -> resized to the network input)."""
+    image, meta = read_dicom(Path(root) / str(row["path"]))
+    full_scale = float(2 ** (meta.bits or 8) - 1)
+    image = np.clip(image / full_scale, 0.0, 1.0).astype(np.float32)
+    return np.clip(_resize(image, prep.size, prep.interpolation), 0.0, 1.0).astype(np.float32)
+
+
+def mask_array(row: Mapping[str, Any]) -> np.ndarray:
+    """The row's pneumothorax mask at the stored size: ``(height, width)`` uint8 of 0/1
+    (all zero when ``mask`` is None)."""
+    height, width = int(row["height"]), int(row["width"])
+    ref = row.get("mask")
+    if ref is None or (isinstance(ref, float) and math.isnan(ref)):
+        return np.zeros((height, width), np.uint8)
+    if not str(ref).startswith("rle:"):
+        raise ValueError(
+            f"sample {row.get('sample_id')!r}: mask {str(ref)[:40]!r} is not 'rle:<counts>'"
+        )
+    return rle.decode(str(ref)[4:], height, width)
+
+
+def target_mask(row: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
+    """The row's mask resized like :func:`preprocess` (nearest): ``(S, S)`` uint8 of 0/1."""
+    return _resize(mask_array(row), prep.size, "nearest").astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class _Task:
+    root: str
+    rel: str
+    image_id: str
+    split: str
+    csv: str
+    encodings: tuple[str, ...] | None  # None: unlabelled
+
+
+def annotation_csv(root: Path) -> Path:
+    """``stage_2_train.csv`` when present, else ``train-rle.csv`` (LayoutError if neither)."""
+    for name in (STAGE2_CSV, STAGE1_CSV):
+        if (root / name).is_file():
+            return root / name
+    raise LayoutError(
+        root, f"missing {STAGE1_CSV} (or {STAGE2_CSV}): the SIIM-ACR mask annotations"
+    )
+
+
+def _view_position(path: Path) -> str:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["ViewPosition"])
+        return str(ds.get("ViewPosition", "") or "").strip()
+    except Exception:
+        return ""
+
+
+def _ingest_one(task: _Task) -> dict[str, Any]:
+    """Decode one DICOM and its encodings into a manifest row (runs in ingest workers).
+
+    A row carrying ``_overrun`` (pixels the runs need) is a mask that does not fit this
+    DICOM; :func:`ingest` decides between ``shape_mismatch`` and ``malformed_rle``.
+    """
+    extents = []
+    for text in task.encodings or ():
+        try:
+            extents.append(rle.extent(text))
+        except rle.RLEError as err:
+            raise SampleError(
+                task.csv, "malformed_rle", f"{task.image_id}: {err} (EncodedPixels {text[:40]!r})"
+            ) from None
+    path = Path(task.root) / task.rel
+    try:
+        image, meta = read_dicom(path)
+    except ReadError as err:
+        raise ReadError(task.rel, err.reason, err.code) from None
+    except Exception as err:  # a reader bug must not stop the ingest
+        raise ReadError(task.rel, f"unreadable ({type(err).__name__})", "unreadable") from None
+    if not np.isfinite(image).all():
+        raise ReadError(task.rel, "contains NaN or Inf pixels", "nan_volume")
+    height, width = image.shape
+    row: dict[str, Any] = {
+        "sample_id": task.image_id,
+        "patient_key": meta.patient_key or meta.study_key or privacy.salted_key(task.image_id),
+        "study": meta.study_key or "",
+        "path": task.rel,
+        "modality": meta.modality or "CR",
+        "height": height,
+        "width": width,
+        "depth": 1,
+        "spacing": list(meta.spacing),
+        "labels": [],
+        "boxes": [],
+        "mask": None,
+        "source_split": task.split,
+        "extra": {"labelled": task.encodings is not None, "view": _view_position(path)},
+    }
+    if task.encodings is None:
+        return row
+    row["extra"]["csv"] = task.csv
+    row["extra"]["regions"] = sum(text.strip() != rle.EMPTY for text in task.encodings)
+    if max(extents, default=0) > height * width:
+        row[_OVERRUN] = max(extents)
+        return row
+    mask = rle.decode_many(task.encodings, height, width)
+    row["extra"]["mask_pixels"] = int(mask.sum())
+    if mask.any():
+        row["labels"] = [LABEL]
+        row["mask"] = "rle:" + rle.encode(mask)
+    return row
+
+
+def _scan_images(root: Path, ledger: Ledger) -> dict[str, tuple[str, str]]:
+    """ImageId (file stem) -> (relative path, source split) for every ``.dcm`` under the
+    train and test folders; a second file with the same ImageId fails ``duplicate_image``."""
+    images: dict[str, tuple[str, str]] = {}
+    for split, folder in (("train", TRAIN_DIR), ("test", TEST_DIR)):
+        if not (root / folder).is_dir():
+            continue
+        for path in sorted(
+            p for p in (root / folder).rglob("*") if p.suffix.lower() == ".dcm" and p.is_file()
+        ):
+            rel = path.relative_to(root).as_posix()
+            if path.stem in images:
+                ledger.fail(
+                    path.stem, rel, "duplicate_image", f"ImageId also at {images[path.stem][0]}"
+                )
+                continue
+            images[path.stem] = (rel, split)
+    return images
+
+
+def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
+    """Add one row per SIIM-ACR image to ``ledger`` (see the module docstring for the
+    rules); raises :class:`LayoutError` when ``root`` is not the layout or the CSV lacks
+    ``ImageId`` / ``EncodedPixels``."""
+    root = Path(root)
+    if not (root / TRAIN_DIR).is_dir():
+        raise LayoutError(root / TRAIN_DIR, f"missing folder {TRAIN_DIR}/ (SIIM-ACR layout)")
+    csv_path = annotation_csv(root)
+    bad_lines: list[list[str]] = []
+    frame = read_csv(
+        csv_path,
+        required=COLUMNS,
+        dtype=str,
+        keep_default_na=False,
+        engine="python",
+        on_bad_lines=bad_lines.append,  # returns None: the line is skipped and kept here
+    )
+    csv_name = csv_path.name
+    annotations: dict[str, list[str]] = {}
+    broken: dict[str, list[str]] = {}
+    for image_id, text in zip(frame["ImageId"], frame["EncodedPixels"], strict=True):
+        image_id, text = str(image_id).strip(), str(text).strip()
+        if not image_id:
+            ledger.fail(
+                "", csv_name, "bad_csv_row", f"row without ImageId (EncodedPixels {text[:40]!r})"
+            )
+            continue
+        annotations.setdefault(image_id, []).append(text)
+    for fields in bad_lines:
+        image_id = str(fields[0]).strip() if fields else ""
+        detail = f"line with {len(fields)} fields, {len(COLUMNS)} expected"
+        if image_id:
+            broken.setdefault(image_id, []).append(detail)
+        else:
+            ledger.fail("", csv_name, "bad_csv_row", detail)
+    images = _scan_images(root, ledger)
+    tasks: list[tuple[str, _Task]] = []
+    for image_id in sorted(set(images) | set(annotations) | set(broken)):
+        if image_id in broken:
+            ledger.fail(image_id, csv_name, "bad_csv_row", f"{image_id}: {broken[image_id][0]}")
+            continue
+        if image_id not in images:
+            ledger.fail(
+                image_id,
+                csv_name,
+                "missing_file",
+                f"{csv_name} names {image_id}; no {image_id}.dcm under {TRAIN_DIR}/ or {TEST_DIR}/",
+            )
+            continue
+        rel, split = images[image_id]
+        encodings = annotations.get(image_id)
+        if encodings is None and split == "train":
+            ledger.fail(
+                image_id, rel, "no_annotation", f"{TRAIN_DIR} image not listed in {csv_name}"
+            )
+            continue
+        task = _Task(
+            str(root),
+            rel,
+            image_id,
+            split,
+            csv_name,
+            tuple(encodings) if encodings is not None else None,
+        )
+        tasks.append((image_id, task))
+    staged = Ledger()
+    staged.run(_ingest_one, tasks, workers)
+    sizes = Counter((r["height"], r["width"]) for r in staged.rows)
+    usual = sizes.most_common(1)[0][0] if sizes else (PUBLISHED_SIZE, PUBLISHED_SIZE)
+    for row in staged.rows:
+        needed = row.pop(_OVERRUN, None)
+        if needed is None:
+            ledger.add(row)
+            continue
+        shape = (row["height"], row["width"])
+        if shape != usual and needed <= usual[0] * usual[1]:
+            detail = f"mask runs need {needed} pixels, as on a {usual[0]}x{usual[1]} image"
+            detail += f"; this DICOM is {shape[0]}x{shape[1]}"
+            ledger.fail(row["sample_id"], row["path"], "shape_mismatch", detail)
+        else:
+            detail = f"{row['sample_id']}: runs end at pixel {needed}"
+            detail += f", past the {shape[0]}x{shape[1]} image"
+            ledger.fail(row["sample_id"], csv_name, "malformed_rle", detail)
+    for error in staged.errors:
+        ledger.fail(**error)
+
+
+# ------------------------------------------------------------------------ synthetic
+
+
+def phantom(
+    rng: np.random.Generator, size: int, sides: tuple[str, ...] = ()
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A PA chest radiograph phantom, ``(size, size)`` uint8 MONOCHROME2, and one
+    ``(size, size)`` bool pneumothorax mask per side in ``sides`` ("right"/"left" of the
+    patient, i.e. image left/right).
+
+    Dark air around a soft-tissue body, darker lungs with vessel markings and ribs, a
+    bright heart and spine. A pneumothorax is an apical-lateral crescent of the lung that
+    is darker still and has no markings, bounded by a thin bright visceral pleural line:
+    the collapsed lung is a smaller ellipse pulled toward the hilum. The mask is exactly
+    the darkened crescent.
+    """
+    v, u = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size  # v down, u right
+    px = size / 128.0
+
+    def ellipse(cu: float, cv: float, au: float, av: float) -> np.ndarray:
+        return ((u - cu) / au) ** 2 + ((v - cv) / av) ** 2 < 1.0
+
+    jitter = rng.normal(0, 1, 12)
+    body = ellipse(0.5, 0.58, 0.46 + 0.01 * jitter[0], 0.52)
+    j = jitter
+    lungs = {  # centre u, centre v, semi-axes u and v, direction toward the midline
+        "right": (0.31 + 0.01 * j[1], 0.47, 0.135 + 0.008 * j[2], 0.29 + 0.01 * j[3], 1.0),
+        "left": (0.69 + 0.01 * j[4], 0.48, 0.125 + 0.008 * j[5], 0.28 + 0.01 * j[6], -1.0),
+    }
+    image = np.full((size, size), 14.0, np.float32)
+    image[body] = 150 + 6 * jitter[7]
+    noise = rng.normal(0, 1, (size, size)).astype(np.float32)
+    markings = ndimage.gaussian_filter(noise, 0.8 * px) - ndimage.gaussian_filter(noise, 2.5 * px)
+    markings *= 14 / (markings.std() + 1e-6)
+    lung_level = 82 + 5 * jitter[8]
+    inside = {name: ellipse(cu, cv, au, av) for name, (cu, cv, au, av, _) in lungs.items()}
+    for mask in inside.values():
+        image[mask] = lung_level + markings[mask]
+    heart = ellipse(0.56, 0.68, 0.15, 0.13)
+    spine = (np.abs(u - 0.5) < 0.045) & body
+    solid = heart | spine
+    image[heart] = 185 + 5 * jitter[9]
+    image[spine] = 200
+    regions = []
+    for side in sides:
+        cu, cv, au, av, medial = lungs[side]
+        f = float(rng.uniform(0.65, 0.88))  # fraction of the lung left inflated
+        collapsed = ellipse(cu + medial * (1 - f) * au, cv + (1 - f) * av, f * au, f * av)
+        region = inside[side] & ~collapsed & ~solid
+        image[region] = 36 + 3 * jitter[10]
+        pleura = ndimage.binary_dilation(region, iterations=max(1, round(px))) & collapsed & ~solid
+        image[pleura] = lung_level + 45
+        regions.append(region)
+    thorax = (inside["right"] | inside["left"]) & ~solid
+    for k in range(10):  # posterior ribs: gently curved bright bands
+        centre = 0.2 + 0.075 * k + 0.18 * (u - 0.5) ** 2
+        image[thorax & (np.abs(v - centre) < 0.012 + 0.002 * k)] += 12
+    image += rng.normal(0, 2.5, (size, size)).astype(np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), regions
+
+
+def _uids(number: int, rng: np.random.Generator) -> tuple[str, str, str]:
+    """(study, series, SOP instance) UIDs shaped like the released ones."""
+    stamp = 1517875000 + int(rng.integers(100, 400))
+    counter = int(rng.integers(100002, 999990))
+    base = f"8323329.{number}.{stamp}"
+    return (
+        f"{_UID_ROOT}.2.{base}.{counter - 1}",
+        f"{_UID_ROOT}.3.{base}.{counter - 2}",
+        f"{_UID_ROOT}.4.{base}.{counter}",
+    )
+
+
+def _write_siim_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    identity: Any,
+    uids: tuple[str, str, str],
+    view: str,
+    sex: str,
+    age: int,
+    jpeg: bool,
+) -> None:
+    """A released-style DICOM: Secondary Capture, CR, 8-bit, JPEG baseline when ``jpeg``."""
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from raysuite.data.dicom_writer import write_dicom
+
+    study, series, sop = uids
+    spacing = PUBLISHED_SPACING * PUBLISHED_SIZE / pixels.shape[0]
+    write_dicom(
+        path,
+        pixels,
+        identity,
+        study_uid=study,
+        modality="CR",
+        spacing=(spacing, spacing),
+        bits_stored=8,
+    )
+    ds = pydicom.dcmread(str(path))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.SeriesInstanceUID = series
+    ds.StudyDate, ds.StudyTime = "19010101", "000000.00"
+    ds.ConversionType = "WSD"
+    ds.SeriesDescription = f"view: {view}"
+    ds.ViewPosition = view
+    ds.PatientSex = sex
+    with warnings.catch_warnings():  # the release writes ages as bare numbers ("38"), not "038Y"
+        warnings.simplefilter("ignore", UserWarning)
+        ds.PatientAge = str(age)
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesNumber, ds.InstanceNumber = "1", "1"
+    if jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "L").save(buffer, "JPEG", quality=95)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def synth(
+    out_dir: str | Path,
+    cases: int = 10,
+    seed: int = 0,
+    size: int = 128,
+    stage: int = 1,
+    jpeg: bool = True,
+) -> dict[str, int]:
+    """Write a SIIM-ACR-layout dataset of ``cases`` training images (``size`` x ``size``;
+    the release is 1024) and ``max(1, cases // 4)`` test images.
+
+    Half the training images (rounded up) show a pneumothorax; the first positive has one
+    in each lung (two CSV rows). Every fourth image is a second study of the previous
+    image's patient. Stage 1 writes ``train-rle.csv`` (``"ImageId, EncodedPixels"``, values
+    after ``", "``) and leaves the test images unlabelled; ``stage=2`` writes
+    ``stage_2_train.csv`` (``ImageId,EncodedPixels``) labelling the test images too. DICOMs
+    carry made-up patient identity (name, ID, birth date, accession, institution).
+    Returns counts written: train, test, positive, regions, patients, csv_rows.
+    """
+    from raysuite.data.dicom_writer import Identity
+
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    n_test = max(1, cases // 4)
+    positive = rng.permutation(cases) < math.ceil(cases / 2)
+    first_positive = int(np.argmax(positive)) if positive.any() else -1
+    lines: list[tuple[str, str]] = []
+    identity = None
+    patients = 0
+    counts = {"train": 0, "test": 0, "positive": 0, "regions": 0}
+    for index in range(cases + n_test):
+        split = "train" if index < cases else "test"
+        if identity is None or split == "test" or index % 4 != 1:
+            patients += 1
+            identity = Identity(
+                patient_id=str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+                patient_name=f"PTXSYNTH^PATIENT{patients:04d}",
+                birth_date=f"19{int(rng.integers(30, 99))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+                accession=f"PTXACC{patients:06d}",
+                institution="Synthetic Chest Clinic",
+                referring="SYNTH^REFERRER",
+                other_ids=f"PTXMRN{patients:07d}",
+            )
+        is_positive = bool(positive[index]) if split == "train" else index % 2 == 0
+        if not is_positive:
+            sides: tuple[str, ...] = ()
+        elif index == first_positive:
+            sides = ("right", "left")
+        else:
+            sides = (("right", "left")[int(rng.integers(0, 2))],)
+        pixels, regions = phantom(rng, size, sides)
+        uids = _uids(1000 + index, rng)
+        view = "AP" if rng.random() < 0.4 else "PA"
+        folder = TRAIN_DIR if split == "train" else TEST_DIR
+        path = out / folder / uids[0] / uids[1] / f"{uids[2]}.dcm"
+        sex = "MF"[int(rng.integers(0, 2))]
+        _write_siim_dicom(path, pixels, identity, uids, view, sex, int(rng.integers(18, 90)), jpeg)
+        counts[split] += 1
+        if split == "test" and stage == 1:
+            continue
+        counts["positive"] += bool(regions)
+        counts["regions"] += len(regions)
+        lines.extend((uids[2], rle.encode(region)) for region in regions)
+        if not regions:
+            lines.append((uids[2], rle.EMPTY))
+    out.mkdir(parents=True, exist_ok=True)
+    if stage == 1:
+        text = "ImageId, EncodedPixels\n" + "".join(f"{i}, {e}\n" for i, e in lines)
+    else:
+        text = "ImageId,EncodedPixels\n" + "".join(f"{i},{e}\n" for i, e in lines)
+    (out / (STAGE1_CSV if stage == 1 else STAGE2_CSV)).write_text(text)
+    return {**counts, "patients": patients, "csv_rows": len(lines)}
