@@ -1,0 +1,574 @@
+"""LUNA16 false-positive reduction (seed 002, §4.2.1): layout, ingest, 2-D candidate patches
+and a synthetic writer.
+
+Published layout::
+
+    subset0/ … subset9/                     ~88 scans each (888 in all)
+        <seriesuid>.mhd                     MetaImage header (Offset = world origin, mm)
+        <seriesuid>.raw                     int16 HU, x fastest (array (Z, Y, X))
+    annotations.csv                         seriesuid,coordX,coordY,coordZ,diameter_mm
+    candidates_V2.csv                       seriesuid,coordX,coordY,coordZ,class
+                                            (also found as candidates_V2/candidates_V2.csv;
+                                            the older candidates.csv is accepted)
+
+Coordinates in both CSVs are world millimetres. A *sample* is one candidate row (seed
+§4.2.1.2 extracts one patch per row of candidates_V2.csv), labelled ``["nodule"]`` for
+class 1 and ``[]`` for class 0. Its ``sample_id`` is ``c<row>``, the 0-based data row of
+the candidates CSV, so no series UID is needed to name a sample; the series UID appears
+only in ``path`` (the file is named by it). LUNA16 publishes no patient ID, so
+``patient_key`` and ``study`` are salted keys of the series UID (LIDC-IDRI, its source,
+holds 1018 scans of 1010 patients: a handful of patients may own two LUNA16 scans).
+``source_split`` is the subset folder: seed §4.2.1.7 cross-validates over the ten subsets
+(:func:`subset_folds`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raysuite.data import privacy
+from raysuite.data.ingest import LayoutError, Ledger, map_safe, read_csv
+from raysuite.data.readers import ReadError, read_mhd, read_mhd_header
+
+NAME = "luna16"
+
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_FILES = ("candidates_V2.csv", "candidates_V2/candidates_V2.csv", "candidates.csv")
+LABEL = "nodule"
+UID_ROOT = "1.3.6.1.4.1.14519.5.2.1.6279.6001."  # LIDC-IDRI series UIDs as TCIA publishes them
+
+# Seed §3.1.8.1 / §4.2.1.4: image = (image - MIN_BOUND) / (MAX_BOUND - MIN_BOUND), values
+# above 1400 HU being artefacts. §4.2.1.2: 64 x 64 patches on planes through the candidate.
+MIN_BOUND = -1000.0
+MAX_BOUND = 1400.0
+PATCH = 64
+PLANES = ("axial", "coronal", "sagittal")
+PAD_HU = -1000.0  # air, outside the scanned volume
+# Seed §4.2.1.3: keep 10 % of the negatives per subset folder (positives are augmented 8x
+# by the training method, not here). §4.2.1.7: ten subsets, 8 train / 2 test, 5 times.
+NEGATIVE_FRACTION = 0.10
+FOLDS = 5
+# Synthetic data: nodules per scan, cycled (about 2 of 3 LUNA16 scans hold a nodule).
+NODULES_PER_SCAN = (1, 2, 1, 0)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def world_to_voxel(
+    world_xyz: Sequence[float] | np.ndarray,
+    origin: Sequence[float],
+    spacing: Sequence[float],
+    transform: Sequence[float] | None = None,
+) -> np.ndarray:
+    """World millimetres ``(3,)`` or ``(N, 3)`` (x, y, z) -> continuous voxel indices of the
+    same shape, (x, y, z) = (column, row, slice) of the ``(Z, Y, X)`` array.
+
+    ``origin`` is the MetaImage ``Offset``, ``spacing`` its ``ElementSpacing`` and
+    ``transform`` its nine ``TransformMatrix`` numbers (identity when ``None``). As in ITK's
+    MetaImageIO, row ``i`` of ``TransformMatrix`` is the world direction of voxel axis
+    ``i``: ``world = origin + sum_i v_i * spacing_i * T[i]``. (All LUNA16 scans have the
+    identity, for which this is ``(world - origin) / spacing``.)
+    """
+    world = np.asarray(world_xyz, float)
+    t = np.eye(3) if transform is None else np.asarray(transform, float).reshape(3, 3)
+    m = t.T * np.asarray(spacing, float)  # column i = spacing_i * direction of axis i
+    voxel = np.linalg.solve(m, (np.atleast_2d(world) - np.asarray(origin, float)).T).T
+    return voxel.reshape(world.shape)
+
+
+def _voxel_index(voxel_xyz: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Nearest voxel (x, y, z) of a continuous position (half-way rounds up)."""
+    return np.floor(np.asarray(voxel_xyz, float) + 0.5).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def find_candidates_csv(root: Path) -> Path:
+    """The candidates CSV of a LUNA16 root (V2 preferred); LayoutError when there is none."""
+    for name in CANDIDATE_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise LayoutError(root, "no candidates_V2.csv (or candidates.csv): not a LUNA16 root")
+
+
+def find_series(root: Path) -> dict[str, Path]:
+    """``seriesuid -> .mhd`` for every scan under ``subset*/`` (first one wins on duplicates)."""
+    series: dict[str, Path] = {}
+    for path in sorted(root.glob("subset*/**/*.mhd")):
+        series.setdefault(path.stem, path)
+    if not series:
+        raise LayoutError(root, "no subset*/<seriesuid>.mhd scans: not a LUNA16 root")
+    return series
+
+
+def _series_geometry(path: str) -> dict[str, Any]:
+    """Decode one scan (so a truncated ``.raw`` or NaN voxels fail here) and return its
+    geometry: shape (X, Y, Z), origin, spacing and transform. Runs in a worker process."""
+    try:
+        volume, meta = read_mhd(path)
+    except ReadError:
+        raise
+    except Exception as err:  # a malformed header number, an unreadable file...
+        raise ReadError(
+            path, f"unreadable MetaImage ({type(err).__name__}: {err})", "unreadable"
+        ) from None
+    if volume.ndim != 3 or meta.origin is None or len(meta.origin) != 3:
+        raise ReadError(path, f"{volume.ndim}-D image; LUNA16 scans are 3-D", "unsupported_image")
+    z, y, x = volume.shape
+    return {
+        "shape": (x, y, z),
+        "origin": meta.origin,
+        "spacing": meta.spacing,
+        "transform": meta.direction,
+    }
+
+
+def _annotations(root: Path) -> dict[str, np.ndarray]:
+    """``seriesuid -> (K, 4)`` rows (x, y, z, diameter_mm) of ``annotations.csv`` (optional;
+    rows with a non-numeric field are skipped: they only feed the ``diameter_mm`` extra)."""
+    path = root / "annotations.csv"
+    if not path.is_file():
+        return {}
+    frame = read_csv(path, required=ANNOTATION_COLUMNS, dtype=str, keep_default_na=False)
+    values = np.stack(
+        [pd.to_numeric(frame[c].str.strip(), errors="coerce") for c in ANNOTATION_COLUMNS[1:]], 1
+    )
+    ok = np.isfinite(values).all(1)
+    out: dict[str, list[np.ndarray]] = {}
+    for uid, row in zip(frame.seriesuid.str.strip()[ok], values[ok], strict=True):
+        out.setdefault(uid, []).append(row)
+    return {uid: np.asarray(rows, float) for uid, rows in out.items()}
+
+
+def _bad_row_detail(uid: str, raw: Mapping[str, str], coords: np.ndarray, cls: float) -> str:
+    if not uid:
+        return "empty seriesuid"
+    for name, value in zip(("coordX", "coordY", "coordZ"), coords, strict=True):
+        if not np.isfinite(value):
+            return f"{name} {raw[name]!r} is not a finite number"
+    if cls not in (0.0, 1.0):
+        return f"class {raw['class']!r} is not 0 or 1"
+    return "malformed row"
+
+
+def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
+    """Add one manifest row per candidate of ``candidates_V2.csv`` to ``ledger``.
+
+    Each scan is decoded once (in ``workers`` processes); a scan that cannot be read fails
+    every candidate on it with the reader's code (``truncated``, ``nan_volume``...). A
+    candidate whose scan is absent fails ``missing_file``; one whose nearest voxel lies
+    outside its scan fails ``box_outside_image``; a row with a non-numeric coordinate, an
+    empty series UID or a class other than 0/1 fails ``bad_csv_row``.
+
+    Row: ``height, width, depth`` = the scan's Y, X, Z sizes; ``spacing`` (x, y, z) mm;
+    ``extra``: ``world`` and ``voxel`` (x, y, z; voxel continuous, see
+    :func:`world_to_voxel`), ``class`` and, for class 1, ``diameter_mm`` of the nearest
+    annotation whose sphere holds the candidate.
+    """
+    root = Path(root)
+    csv_path = find_candidates_csv(root)
+    series = find_series(root)
+    frame = read_csv(csv_path, required=CANDIDATE_COLUMNS, dtype=str, keep_default_na=False)
+    annotations = _annotations(root)
+    csv_rel = str(csv_path.relative_to(root))
+
+    uids = frame.seriesuid.str.strip().tolist()
+    coords = np.stack(
+        [pd.to_numeric(frame[c].str.strip(), errors="coerce") for c in CANDIDATE_COLUMNS[1:4]], 1
+    )
+    classes = pd.to_numeric(frame["class"].str.strip(), errors="coerce").to_numpy(float)
+    bad = (
+        ~np.isfinite(coords).all(1)
+        | ~np.isin(classes, (0.0, 1.0))
+        | (frame.seriesuid.str.strip() == "").to_numpy()
+    )
+    by_series: dict[str, list[int]] = {}
+    for i, uid in enumerate(uids):
+        if bad[i]:
+            detail = _bad_row_detail(uid, frame.iloc[i], coords[i], classes[i])
+            ledger.fail(_sample_id(i), csv_rel, "bad_csv_row", f"row {i}: {detail}")
+        elif uid not in series:
+            ledger.fail(
+                _sample_id(i), f"{uid}.mhd", "missing_file", "scan not found under subset*/"
+            )
+        else:
+            by_series.setdefault(uid, []).append(i)
+
+    order = sorted(by_series)
+    results = map_safe(_series_geometry, [str(series[uid]) for uid in order], workers)
+    for uid, (ok, value) in zip(order, results, strict=True):
+        rows = by_series[uid]
+        if not ok:
+            for i in rows:
+                ledger.fail_from(_sample_id(i), value, file=str(series[uid].relative_to(root)))
+            continue
+        _add_series(
+            root, ledger, uid, series[uid], value, rows, coords, classes, annotations.get(uid)
+        )
+
+
+def _sample_id(row: int) -> str:
+    return f"c{row:07d}"
+
+
+def _add_series(
+    root: Path,
+    ledger: Ledger,
+    uid: str,
+    mhd: Path,
+    geometry: dict[str, Any],
+    rows: list[int],
+    coords: np.ndarray,
+    classes: np.ndarray,
+    annotations: np.ndarray | None,
+) -> None:
+    rel = mhd.relative_to(root)
+    x, y, z = geometry["shape"]
+    patient, study = privacy.salted_key(uid), privacy.salted_key(uid, "s")
+    spacing = [float(s) for s in geometry["spacing"]]
+    world = coords[rows]
+    voxels = world_to_voxel(world, geometry["origin"], geometry["spacing"], geometry["transform"])
+    index = _voxel_index(voxels)
+    inside = ((index >= 0) & (index < (x, y, z))).all(1)
+    diameters = np.full(len(rows), np.nan)
+    if annotations is not None:  # nearest annotation whose sphere holds the candidate
+        dist = np.linalg.norm(world[:, None, :] - annotations[None, :, :3], axis=-1)  # (N, K)
+        dist[dist > annotations[:, 3] / 2] = np.inf
+        found = np.isfinite(dist).any(1)
+        diameters[found] = annotations[dist[found].argmin(1), 3]
+    for i, w, v, ok, d in zip(
+        rows, world.tolist(), voxels.tolist(), inside, diameters, strict=True
+    ):
+        if not ok:
+            ledger.fail(
+                _sample_id(i),
+                str(rel),
+                "box_outside_image",
+                f"candidate at voxel ({v[0]:.1f}, {v[1]:.1f}, {v[2]:.1f}) outside the {x}x{y}x{z} scan",
+            )
+            continue
+        cls = int(classes[i])
+        extra: dict[str, Any] = {"world": w, "voxel": v, "class": cls}
+        if cls == 1 and np.isfinite(d):
+            extra["diameter_mm"] = float(d)
+        ledger.add(
+            {
+                "sample_id": _sample_id(i),
+                "patient_key": patient,
+                "study": study,
+                "path": str(rel),
+                "modality": "CT",
+                "height": y,
+                "width": x,
+                "depth": z,
+                "spacing": spacing,
+                "labels": [LABEL] if cls == 1 else [],
+                "source_split": rel.parts[0],
+                "extra": extra,
+            }
+        )
+
+
+def negative_subsample_mask(
+    df: pd.DataFrame, fraction: float = NEGATIVE_FRACTION, seed: int = 0
+) -> np.ndarray:
+    """Boolean mask over manifest rows: every positive, and ``fraction`` of the negatives of
+    each subset folder (seed §4.2.1.3 keeps 10 % per folder), drawn with ``seed`` in an
+    order that does not depend on the row order."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"negative fraction {fraction} outside [0, 1]")
+    positive = np.asarray([LABEL in labels for labels in df.labels], bool)
+    keep = positive.copy()
+    rng = np.random.default_rng(seed)
+    subsets = df.source_split.to_numpy()
+    ids = df.sample_id.to_numpy()
+    for subset in sorted(set(subsets[~positive])):
+        idx = np.flatnonzero((subsets == subset) & ~positive)
+        idx = idx[np.argsort(ids[idx], kind="stable")]
+        keep[idx[rng.permutation(len(idx))[: int(round(fraction * len(idx)))]]] = True
+    return keep
+
+
+def subset_folds(df: pd.DataFrame, folds: int = FOLDS) -> np.ndarray:
+    """int8 fold per manifest row from its subset folder: LUNA16's ten subsets dealt in order
+    over ``folds`` folds, so with 5 folds subsets 2k and 2k+1 form fold k (seed §4.2.1.7:
+    ten subsets, two held out per run, five runs). A scan lives in one subset, so folds
+    never split a scan. Use with :func:`raysuite.data.manifest.fold_split`."""
+    if not 2 <= folds <= 10:
+        raise ValueError(f"folds must be within 2..10 (ten subsets), got {folds}")
+    numbers = []
+    for name in df.source_split:
+        digits = str(name).removeprefix("subset")
+        if not (str(name).startswith("subset") and digits.isdigit() and int(digits) < 10):
+            raise ValueError(f"source_split {name!r} is not one of subset0 … subset9")
+        numbers.append(int(digits) * folds // 10)
+    return np.asarray(numbers, np.int8)
+
+
+# --------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Seed §4.2.1.2 / §4.2.1.4: a ``patch`` x ``patch`` (64) view through the candidate on
+    ``plane`` (axial, coronal or sagittal), HU clipped to ``hu_window`` (MIN_BOUND -1000,
+    MAX_BOUND 1400) and scaled to [0, 1]. Patches are cut in voxels, not resampled."""
+
+    hu_window: tuple[float, float] = (MIN_BOUND, MAX_BOUND)
+    patch: int = PATCH
+    plane: str = "axial"
+
+    def __post_init__(self) -> None:
+        if self.plane not in PLANES:
+            raise ValueError(f"plane {self.plane!r} is not one of {list(PLANES)}")
+        if self.patch < 1:
+            raise ValueError(f"patch size {self.patch} must be positive")
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"HU window {self.hu_window} must be (low, high) with low < high")
+
+    def key(self) -> str:
+        lo, hi = self.hu_window
+        return f"win{lo:g},{hi:g}-patch{self.patch}-{self.plane}"
+
+
+def extract_patch(
+    volume: np.ndarray, voxel_xyz: Sequence[float], prep: Preprocessing
+) -> np.ndarray:
+    """``(Z, Y, X)`` HU volume -> ``(patch, patch)`` float32 in [0, 1] centred on the voxel
+    nearest ``voxel_xyz`` (x, y, z): axial = (Y, X) rows/columns at that slice, coronal =
+    (Z, X), sagittal = (Z, Y), in array order. Outside the volume counts as -1000 HU."""
+    cx, cy, cz = (int(v) for v in _voxel_index(voxel_xyz))
+    nz, ny, nx = volume.shape
+    fixed, size, plane_of = {
+        "axial": (cz, nz, lambda k: (volume[k], cy, cx)),
+        "coronal": (cy, ny, lambda k: (volume[:, k, :], cz, cx)),
+        "sagittal": (cx, nx, lambda k: (volume[:, :, k], cz, cy)),
+    }[prep.plane]
+    p = prep.patch
+    out = np.full((p, p), PAD_HU, np.float32)
+    if 0 <= fixed < size:
+        image, rc, cc = plane_of(fixed)
+        r0, c0 = rc - p // 2, cc - p // 2
+        rs, re = max(r0, 0), min(r0 + p, image.shape[0])
+        cs, ce = max(c0, 0), min(c0 + p, image.shape[1])
+        if rs < re and cs < ce:
+            out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
+    lo, hi = prep.hu_window
+    return ((np.clip(out, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+_VOLUME_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _volume(path: Path) -> np.ndarray:
+    """The scan at ``path`` as ``(Z, Y, X)`` HU, keeping the last one read (candidates of a
+    scan are usually consecutive); keyed on the size and mtime of the .mhd and .raw."""
+    raw = path.parent / read_mhd_header(path)["ElementDataFile"]
+    stats = [os.stat(p) for p in (path, raw) if p.exists()]
+    key = (str(path.resolve()), *((s.st_size, s.st_mtime_ns) for s in stats))
+    if key not in _VOLUME_CACHE:
+        _VOLUME_CACHE.clear()
+        _VOLUME_CACHE[key] = read_mhd(path)[0]
+    return _VOLUME_CACHE[key]
+
+
+def preprocess(root: Path, row: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
+    """One manifest row -> its ``(patch, patch)`` float32 patch in [0, 1] (seed §4.2.1.2,
+    §4.2.1.4), read from ``root / row["path"]`` at ``row["extra"]["voxel"]``."""
+    extra = row["extra"]
+    extra = json.loads(extra) if isinstance(extra, str) else extra
+    return extract_patch(_volume(Path(root) / row["path"]), extra["voxel"], prep)
+
+
+# ------------------------------------------------------------------------ synthetic
+
+
+def _write_mhd(
+    mhd: Path, volume: np.ndarray, origin: Sequence[float], spacing: Sequence[float]
+) -> None:
+    """Write a ``(Z, Y, X)`` int16 volume as LUNA16 does: ``<uid>.mhd`` + ``<uid>.raw``."""
+    raw = mhd.with_suffix(".raw")
+    z, y, x = volume.shape
+    num = " ".join
+    header = [
+        "ObjectType = Image",
+        "NDims = 3",
+        "BinaryData = True",
+        "BinaryDataByteOrderMSB = False",
+        "CompressedData = False",
+        "TransformMatrix = 1 0 0 0 1 0 0 0 1",
+        f"Offset = {num(f'{v:.10g}' for v in origin)}",
+        "CenterOfRotation = 0 0 0",
+        "AnatomicalOrientation = RAI",
+        f"ElementSpacing = {num(f'{v:.10g}' for v in spacing)}",
+        f"DimSize = {x} {y} {z}",
+        "ElementType = MET_SHORT",
+        f"ElementDataFile = {raw.name}",
+    ]
+    mhd.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(np.ascontiguousarray(volume, "<i2").tobytes())
+    mhd.write_text("\n".join(header) + "\n")
+
+
+def _uid(rng: np.random.Generator) -> str:
+    digits = rng.integers(0, 10, 30)
+    digits[0] = rng.integers(1, 10)
+    return UID_ROOT + "".join(str(d) for d in digits)
+
+
+@dataclass
+class _Scan:
+    volume: np.ndarray  # (Z, Y, X) int16 HU
+    origin: tuple[float, float, float]
+    spacing: tuple[float, float, float]
+    nodules: list[tuple[np.ndarray, float]]  # world centre (x, y, z), diameter mm
+    positives: list[np.ndarray]  # world (x, y, z) of class-1 candidates
+    negatives: list[np.ndarray]  # world (x, y, z) of class-0 candidates
+
+
+def synth_scan(
+    rng: np.random.Generator, size: int = 64, slices: int = 40, nodules: int = 1
+) -> _Scan:
+    """One phantom chest CT: ``(Z, Y, X)`` int16 HU with a soft-tissue body (~40 HU, fat
+    rim), two lungs (~-850 HU), thin vessels (tube profile peaking near -350 HU, as thin
+    vessels do under partial volume) and ``nodules`` solid nodules (spheres of 6-9 mm,
+    +50..100 HU; fewer when the lungs have no room).
+    Class-1 candidates sit at nodule centres (±0.5 mm), class-0 ones on vessels and in
+    plain parenchyma away from nodules, as the CAD candidates of candidates_V2.csv do."""
+    sxy = round(float(rng.uniform(0.6, 0.8)), 6)
+    sz = float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5]))
+    spacing = (sxy, sxy, sz)
+    origin = (
+        round(float(rng.uniform(-220, -150)), 6),
+        round(float(rng.uniform(-220, -150)), 6),
+        round(float(rng.uniform(-350, -100)), 6),
+    )
+    zz, yy, xx = np.meshgrid(np.arange(slices), np.arange(size), np.arange(size), indexing="ij")
+    grid_mm = np.stack([xx * sxy, yy * sxy, zz * sz], -1).astype(np.float32)  # (Z, Y, X, 3)
+    c = size / 2 + rng.uniform(-1.5, 1.5, 2)
+    r_body = ((xx - c[0]) / (0.45 * size)) ** 2 + ((yy - c[1]) / (0.36 * size)) ** 2
+    hu = np.full(xx.shape, -1000.0, np.float32)
+    hu[r_body < 1.0] = -100.0
+    hu[r_body < 0.8] = 40.0
+    taper = 1 - 0.25 * ((zz - slices / 2) / (slices / 2)) ** 2
+    lung = np.zeros(xx.shape, bool)
+    for side in (-1, 1):
+        lx, ly = c[0] + side * 0.2 * size, c[1] - 0.02 * size
+        ax, ay = 0.15 * size * rng.uniform(0.9, 1.1), 0.24 * size * rng.uniform(0.9, 1.1)
+        lung |= ((xx - lx) / (ax * taper)) ** 2 + ((yy - ly) / (ay * taper)) ** 2 < 1
+    hu[lung] = -850.0
+    lung_idx = np.argwhere(lung)  # (N, 3) z, y, x
+
+    def to_world(zyx: np.ndarray) -> np.ndarray:
+        return np.asarray(origin) + np.asarray(zyx, float)[::-1] * np.asarray(spacing)
+
+    def lung_point() -> np.ndarray:
+        return lung_idx[rng.integers(len(lung_idx))] + rng.uniform(-0.5, 0.5, 3)
+
+    def far(world: np.ndarray, centres: list[tuple[np.ndarray, float]], margin: float) -> bool:
+        return all(np.linalg.norm(world - p) > d / 2 + margin for p, d in centres)
+
+    # vessels: lines through lung points, Gaussian cross-section (sigma 0.8 mm)
+    vessels = []
+    for _ in range(4):
+        p0 = to_world(lung_point()) - np.asarray(origin)
+        d = rng.normal(0, 1, 3) + [0, 0, 2.0]
+        d /= np.linalg.norm(d)
+        rel = grid_mm - p0.astype(np.float32)
+        dist2 = (rel**2).sum(-1) - (rel @ d.astype(np.float32)) ** 2
+        hu = np.where(lung, np.maximum(hu, -850.0 + 500.0 * np.exp(-dist2 / (2 * 0.8**2))), hu)
+        vessels.append((p0 + np.asarray(origin), d))
+
+    found: list[tuple[np.ndarray, float]] = []
+    for _ in range(200):
+        if len(found) >= nodules:
+            break
+        diameter = float(rng.uniform(6.0, 9.0))
+        centre = lung_point()
+        margin_z = diameter / 2 / sz + 1
+        world = to_world(centre)
+        if not margin_z <= centre[0] <= slices - 1 - margin_z or not far(
+            world, found, diameter / 2 + 2
+        ):
+            continue
+        found.append((world, diameter))
+        dist = np.linalg.norm(grid_mm - (world - np.asarray(origin)).astype(np.float32), axis=-1)
+        inside = np.clip((diameter / 2 - dist) / 0.7 + 0.5, 0, 1)
+        hu = hu * (1 - inside) + float(rng.uniform(50, 100)) * inside
+    hu += rng.normal(0, 10, hu.shape).astype(np.float32)
+    if rng.random() < 0.5:  # outside the reconstruction circle, as many LUNA16 scans store
+        hu[(xx - size / 2) ** 2 + (yy - size / 2) ** 2 > (size / 2) ** 2] = float(
+            rng.choice([-2000, -3024])
+        )
+    volume = np.clip(np.rint(hu), -3024, 3071).astype(np.int16)
+
+    positives = []
+    for world, _diameter in found:
+        for _ in range(int(rng.integers(1, 3))):
+            jitter = rng.normal(0, 1, 3)
+            positives.append(world + jitter / np.linalg.norm(jitter) * rng.uniform(0, 0.5))
+    negatives: list[np.ndarray] = []
+    for kind in ("vessel", "vessel", "vessel", "parenchyma", "parenchyma", "parenchyma"):
+        for _ in range(200):
+            if kind == "vessel":
+                p, d = vessels[int(rng.integers(len(vessels)))]
+                world = p + d * rng.uniform(-40, 40)
+            else:
+                world = to_world(lung_point())
+            index = _voxel_index(world_to_voxel(world, origin, spacing))[::-1]
+            if not ((index >= 0).all() and (index < lung.shape).all() and lung[tuple(index)]):
+                continue
+            if not far(world, found, 3.0):
+                continue
+            if kind == "parenchyma" and any(
+                np.linalg.norm(np.cross(world - p, d)) < 2.5 for p, d in vessels
+            ):
+                continue
+            negatives.append(world)
+            break
+    return _Scan(volume, origin, spacing, found, positives, negatives)
+
+
+def synth(
+    out_dir: str | Path, cases: int = 10, seed: int = 0, size: int = 64, slices: int = 40
+) -> dict[str, int]:
+    """Write a LUNA16-layout dataset of ``cases`` scans (``size`` x ``size`` x ``slices``
+    voxels) dealt over ``subset0 … subset9``, with ``annotations.csv`` and
+    ``candidates_V2.csv`` in world millimetres. Deterministic in ``seed``. Returns counts
+    written: scans, subsets, nodules, candidates, positives."""
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    annotations, candidates = [], []
+    for i in range(cases):
+        uid = _uid(rng)
+        scan = synth_scan(rng, size, slices, nodules=NODULES_PER_SCAN[i % len(NODULES_PER_SCAN)])
+        _write_mhd(out / f"subset{i % 10}" / f"{uid}.mhd", scan.volume, scan.origin, scan.spacing)
+        for world, diameter in scan.nodules:
+            annotations.append([uid, *np.round(world, 7), round(diameter, 8)])
+        rows = [[uid, *np.round(w, 2), 1] for w in scan.positives]
+        rows += [[uid, *np.round(w, 2), 0] for w in scan.negatives]
+        candidates += [rows[j] for j in rng.permutation(len(rows))]
+    pd.DataFrame(annotations, columns=list(ANNOTATION_COLUMNS)).to_csv(
+        out / "annotations.csv", index=False
+    )
+    pd.DataFrame(candidates, columns=list(CANDIDATE_COLUMNS)).to_csv(
+        out / "candidates_V2.csv", index=False
+    )
+    return {
+        "scans": cases,
+        "subsets": min(cases, 10),
+        "nodules": len(annotations),
+        "candidates": len(candidates),
+        "positives": sum(r[-1] for r in candidates),
+    }
