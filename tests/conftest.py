@@ -3,6 +3,14 @@ import pytest
 from raysuite.data.formats import flare22
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _salt():
+    """A fixed patient-key salt: tests never create ~/.config/raysuite/salt."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYSUITE_SALT", "raysuite-tests")
+        yield
+
+
 @pytest.fixture(scope="session")
 def flare_root(tmp_path_factory):
     """A small synthetic FLARE22 dataset shared by the tests (5 labelled + 5 unlabelled)."""

@@ -15,13 +15,6 @@ from raysuite.data.ingest import LayoutError
 SIZE = 64  # stored image size of the synthetic set (1024 in the published one)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _salt():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAYSUITE_SALT", "test-salt-chestxray14")
-        yield
-
-
 @pytest.fixture(scope="module")
 def cx_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("chestxray14")

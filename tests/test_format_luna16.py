@@ -21,13 +21,6 @@ HEADER_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def salt():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAYSUITE_SALT", "luna16-test-salt")
-        yield
-
-
-@pytest.fixture(scope="module")
 def luna_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("luna16")
     counts = luna16.synth(root, cases=5, seed=0)
@@ -35,7 +28,7 @@ def luna_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ingested(luna_root, salt, tmp_path_factory):
+def ingested(luna_root, tmp_path_factory):
     root, _ = luna_root
     out = tmp_path_factory.mktemp("luna16-manifest") / "m.parquet"
     counts = run_ingest("luna16", root, out, workers=1)
@@ -160,7 +153,7 @@ def test_patches_centre_on_the_candidate(luna_root, ingested, plane):
             assert patch[32, 32] <= dark, row.sample_id
 
 
-def test_broken_inputs_become_error_rows(luna_root, salt, tmp_path):
+def test_broken_inputs_become_error_rows(luna_root, tmp_path):
     src, _ = luna_root
     root = tmp_path / "luna"
     shutil.copytree(src, root)
@@ -208,7 +201,7 @@ def test_broken_inputs_become_error_rows(luna_root, salt, tmp_path):
     assert {p.split("/")[1].removesuffix(".mhd") for p in df.path} == kept
 
 
-def test_identifiers_stay_out_of_keys(luna_root, ingested, salt, tmp_path):
+def test_identifiers_stay_out_of_keys(luna_root, ingested, tmp_path):
     root, _ = luna_root
     _, df, _ = ingested
     uids = _uids(root)

@@ -15,13 +15,6 @@ from raysuite.data.formats import mura
 from raysuite.data.ingest import LayoutError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _salt():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAYSUITE_SALT", "test-salt-mura")
-        yield
-
-
 @pytest.fixture(scope="module")
 def mura_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mura")

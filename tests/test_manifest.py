@@ -149,3 +149,14 @@ def test_cli_ingest_counts_and_exit_codes(flare_root, tmp_path, capsys):
     assert main(["data", "ingest", "flare22", str(tmp_path / "nowhere"), str(out)]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert main(["data", "ingest", "flare22", str(flare_root), str(out), "--split", "0.5,0.5"]) == 2
+
+
+def test_salt_env_reproduces_the_file_salt(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAYSUITE_SALT", raising=False)
+    monkeypatch.setenv("RAYSUITE_SALT_FILE", str(tmp_path / "salt"))
+    key = privacy.salted_key("PID-9")
+    env = privacy.salt_env()
+    monkeypatch.setenv("RAYSUITE_SALT_FILE", str(tmp_path / "other"))
+    assert privacy.salted_key("PID-9") != key
+    monkeypatch.setenv("RAYSUITE_SALT", env["RAYSUITE_SALT"])
+    assert privacy.salted_key("PID-9") == key

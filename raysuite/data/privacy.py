@@ -5,7 +5,8 @@ comes from ``RAYSUITE_SALT`` (a string), else from the file named by ``RAYSUITE_
 else from ``~/.config/raysuite/salt`` (32 random bytes created on first use, mode 0600).
 Keep the salt outside the repository and the same across the machines that ingest one
 dataset: the same patient then gets the same key, and nobody holding a manifest can
-recover identifiers by hashing candidate IDs.
+recover identifiers by hashing candidate IDs. A sweep hands the driver's salt to every Ray
+node through the job's runtime environment (:func:`salt_env`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ IDENTIFYING_KEYWORDS = (
 
 def _salt() -> bytes:
     if value := os.environ.get("RAYSUITE_SALT"):
-        return value.encode()
+        return bytes.fromhex(value[4:]) if value.startswith("hex:") else value.encode()
     path = Path(os.environ.get("RAYSUITE_SALT_FILE") or Path.home() / ".config" / "raysuite" / "salt")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,13 @@ def _salt() -> bytes:
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
     return path.read_bytes()
+
+
+def salt_env() -> dict[str, str]:
+    """``{"RAYSUITE_SALT": ...}`` carrying this machine's salt, for the Ray runtime env: every
+    node of a cluster then keys patients alike, so an ingest on any node gives the same
+    manifest (and the same patient-level split)."""
+    return {"RAYSUITE_SALT": "hex:" + _salt().hex()}
 
 
 def salted_key(value: str, kind: str = "p") -> str:

@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
+from raysuite.data.privacy import salt_env
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, grid_config_count, plan
 from raysuite.report.summary import summarise
@@ -63,7 +64,8 @@ def init_ray(address: str | None) -> None:
     # Pretraining epochs are relayed to Tune before any fine-tuning metric exists.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True)
+        # the driver's salt on every node: ingest anywhere gives the same patient keys
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": salt_env()})
 
 
 def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str) -> None:
