@@ -160,3 +160,14 @@ def test_salt_env_reproduces_the_file_salt(monkeypatch, tmp_path):
     assert privacy.salted_key("PID-9") != key
     monkeypatch.setenv("RAYSUITE_SALT", env["RAYSUITE_SALT"])
     assert privacy.salted_key("PID-9") == key
+
+
+def test_training_side_splits_may_share_a_patient():
+    df = manifest.assign_splits(_rows(), seed=0)
+    train_patient = df[df.split == "train"].patient_key.value_counts().index[0]
+    rows = df.index[df.patient_key == train_patient]
+    df.loc[rows[0], "split"] = "unlabelled"  # the pretraining pool may hold a training patient
+    manifest.check_patient_splits(df)
+    df.loc[rows[1], "split"] = "val"
+    with pytest.raises(manifest.ManifestError, match=train_patient):
+        manifest.check_patient_splits(df)

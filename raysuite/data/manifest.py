@@ -185,17 +185,23 @@ def resolve(root: str | Path, relative: str) -> Path:
 # ---------------------------------------------------------------------------- splits
 
 
+TRAINING_SIDE = ("train", "unlabelled", "unused")  # a patient may sit in several of these
+
+
 def check_patient_splits(df: pd.DataFrame) -> None:
-    """Refuse a manifest where one patient's samples sit in two splits (or two folds)."""
-    for column, unset in (("split", ""), ("fold", -1)):
-        assigned = df[df[column] != unset]
-        per_patient = assigned.groupby("patient_key")[column].nunique()
+    """Refuse a manifest where one patient's samples sit in two evaluation partitions:
+    ``val``, ``test`` and the training side (``train`` together with the ``unlabelled``
+    pretraining pool and ``unused``, which may share patients), or in two folds."""
+    partition = df.split.where(~df.split.isin(TRAINING_SIDE), "train")
+    for column, values, unset in (("split", partition, ""), ("fold", df.fold, -1)):
+        assigned = values != unset
+        per_patient = values[assigned].groupby(df.patient_key[assigned]).nunique()
         leaked = per_patient[per_patient > 1]
         if len(leaked):
             example = leaked.index[0]
-            values = sorted(map(str, assigned[assigned.patient_key == example][column].unique()))
+            found = sorted(map(str, df[column][assigned & (df.patient_key == example)].unique()))
             raise ManifestError(
-                f"{len(leaked)} patient(s) appear in more than one {column}, e.g. {example} in {values}"
+                f"{len(leaked)} patient(s) appear in more than one {column}, e.g. {example} in {found}"
             )
 
 
