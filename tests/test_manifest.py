@@ -89,7 +89,7 @@ def test_label_fractions_are_nested_stratified_and_seeded():
     df = _rows(300)
     masks = {f: manifest.labelled_mask(df, f, seed=7) for f in (0.1, 0.2, 0.5, 0.9)}
     assert (masks[0.1] <= masks[0.2]).all() and (masks[0.2] <= masks[0.5]).all() and (masks[0.5] <= masks[0.9]).all()
-    assert masks[0.1].sum() == pytest.approx(0.1 * len(df), abs=5)
+    assert masks[0.1].sum() == round(0.1 * len(df)) and masks[0.9].sum() == round(0.9 * len(df))
     # stratified by rarest label: each stratum keeps its share to within rounding
     freq = {}
     for labels in df.labels:
@@ -97,7 +97,7 @@ def test_label_fractions_are_nested_stratified_and_seeded():
             freq[c] = freq.get(c, 0) + 1
     strata = pd.Series([min(lab, key=lambda c: (freq[c], c)) if lab else "" for lab in df.labels])
     for stratum, idx in strata.groupby(strata).groups.items():
-        assert abs(masks[0.2][idx].sum() - 0.2 * len(idx)) <= 0.5 + 1e-9, stratum
+        assert abs(masks[0.2][idx].sum() - 0.2 * len(idx)) <= 1, stratum
     other = manifest.labelled_mask(df, 0.2, seed=8)
     assert (other != masks[0.2]).any() and other.sum() == masks[0.2].sum()
     assert manifest.labelled_mask(df.sample(frac=1, random_state=1).reset_index(drop=True), 0.2, seed=7).sum() == masks[0.2].sum()

@@ -264,12 +264,14 @@ def _stratum(labels: Sequence[str], frequency: dict[str, int]) -> str:
 
 
 def labelled_mask(df: pd.DataFrame, fraction: float, seed: int = 0, stratify: bool = True) -> np.ndarray:
-    """Boolean mask of the labelled subset holding ``fraction`` of ``df``'s samples.
+    """Boolean mask of the labelled subset: ``round(fraction * len(df))`` samples.
 
     Nested: for one ``seed`` the 10 % subset lies inside the 20 % one, and so on, because
-    every fraction takes a prefix of the same seeded order. Stratified by each sample's
-    rarest label, so every class keeps its share. Different seeds give independent draws.
-    The complement is the unlabelled pool (seed 000 pretrains SimCLR on it).
+    every fraction takes a prefix of one seeded order. Stratified by each sample's rarest
+    label: within a stratum of n samples, shuffled with ``seed``, the i-th gets the key
+    (i + u) / n (u uniform, one per stratum), and the global order sorts by key, so any
+    prefix holds each stratum's share to within one sample. Different seeds give
+    independent draws. The complement is the unlabelled pool (seed 000 pretrains on it).
     """
     if not 0 <= fraction <= 1:
         raise ManifestError(f"label fraction {fraction} outside [0, 1]")
@@ -279,13 +281,15 @@ def labelled_mask(df: pd.DataFrame, fraction: float, seed: int = 0, stratify: bo
         for labels in df.labels:
             for c in labels:
                 frequency[c] = frequency.get(c, 0) + 1
-    strata = [_stratum(labels, frequency) if stratify else "" for labels in df.labels]
-    keys = np.asarray(strata, dtype=object)
-    order_keys = df.sample_id.to_numpy()
-    mask = np.zeros(len(df), bool)
+    strata = np.asarray([_stratum(labels, frequency) if stratify else "" for labels in df.labels], dtype=object)
+    ids = df.sample_id.to_numpy()
+    keys = np.zeros(len(df))
     for stratum in sorted(set(strata)):
-        idx = np.flatnonzero(keys == stratum)
-        idx = idx[np.argsort(order_keys[idx], kind="stable")]  # input-order independent
+        idx = np.flatnonzero(strata == stratum)
+        idx = idx[np.argsort(ids[idx], kind="stable")]  # independent of the input row order
         perm = idx[rng.permutation(len(idx))]
-        mask[perm[: int(round(fraction * len(idx)))]] = True
+        keys[perm] = (np.arange(len(idx)) + rng.uniform()) / len(idx)
+    order = np.lexsort((ids, keys))
+    mask = np.zeros(len(df), bool)
+    mask[order[: int(round(fraction * len(df)))]] = True
     return mask
