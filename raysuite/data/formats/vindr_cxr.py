@@ -447,7 +447,15 @@ def scaled_boxes(
 
 # ------------------------------------------------------------------------- synthetic
 
-_LEVELS = {cid: 0.72 + 0.02 * cid for cid in range(len(CLASSES))}  # lesion brightness per class
+def _lesion(cid: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A bright (H, W) lesion in [0.72, 1) whose class shows in its texture: stripes at one
+    of 7 orientations and 2 spatial frequencies (14 classes), so a detector can learn the
+    class as well as the place."""
+    theta = np.pi * (cid % 7) / 7
+    period = 4.0 if cid < 7 else 8.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
+    return 0.84 + 0.1 * stripes + rng.normal(0, 0.01, (h, w))
 
 
 def _chest(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -514,7 +522,8 @@ def synth(
     ``(2000, 3000)``) and ``test_cases`` test images.
 
     About 60 % of images are abnormal with 1-3 non-overlapping findings, each drawn as a
-    bright rectangle whose brightness (0.72 + 0.02 * class id) and placement are the truth;
+    bright rectangle whose striped texture (orientation and period by class) and placement
+    are the truth;
     each of three radiologists (from R1..R17) marks each finding with probability 0.8 (at
     least one does) with its edges jittered by <= 6 % of the box size, and a radiologist who
     marks nothing writes "No finding". Rows are shuffled, as the published CSV is unsorted.
@@ -565,8 +574,8 @@ def synth(
                 if box is not None:
                     cid = int(rng.integers(0, len(CLASSES)))
                     findings.append((cid, box))
-                    img[box[1] : box[3], box[0] : box[2]] = _LEVELS[cid] + rng.normal(
-                        0, 0.01, (box[3] - box[1], box[2] - box[0])
+                    img[box[1] : box[3], box[0] : box[2]] = _lesion(
+                        cid, box[3] - box[1], box[2] - box[0], rng
                     )
         counts["abnormal" if findings else "normal"] += split == "train"
         rads = [f"R{r}" for r in rng.choice(np.arange(1, 18), 3, replace=False)]
