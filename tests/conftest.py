@@ -21,6 +21,23 @@ def flare_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vindr_root(tmp_path_factory):
+    """A small synthetic VinDr-CXR dataset (48 radiographs of 128-160 px, ~60 % abnormal)."""
+    from raysuite.data.formats import vindr_cxr
+
+    root = tmp_path_factory.mktemp("vindr_cxr")
+    vindr_cxr.synth(root, cases=48, seed=0, size=(128, 160))
+    (root / ".raysuite-complete").write_text("synthetic\n")
+    return root
+
+
+@pytest.fixture
+def data_root(request):
+    """The synthetic root of a data format: ``data_root(format)``."""
+    return lambda fmt: request.getfixturevalue({"flare22": "flare_root", "vindr_cxr": "vindr_root"}[fmt])
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     import ray
 

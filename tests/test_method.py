@@ -1,5 +1,5 @@
-"""Every registered method: TINY preset, one step, finite loss, parameters change; and the
-iou_simsiam_seg stages really learn on synthetic FLARE22."""
+"""Every registered method: TINY preset, one step, finite loss, parameters change (on its
+format's synthetic data); and the iou_simsiam_seg stages really learn on synthetic FLARE22."""
 
 import pytest
 import torch
@@ -10,18 +10,18 @@ from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
 
-def _inputs(method, stage, flare_root, tmp_path, **extra):
+def _inputs(method, stage, root, tmp_path, **extra):
     cfg = method.stages[stage].config.model_validate({**method.tiny.get(stage, {}), **method.smoke.get(stage, {}), **extra})
-    data = {"format": method.data_format, "root": str(flare_root), "cache_dir": str(tmp_path / "cache")}
+    data = {"format": method.data_format, "root": str(root), "cache_dir": str(tmp_path / "cache")}
     return StageInputs(cfg, data, None, 0)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_one_step_changes_parameters(name, flare_root, tmp_path):
+def test_one_step_changes_parameters(name, data_root, tmp_path):
     method = METHODS[name]
     seed_everything(0)
     for stage in method.stages:
-        recipe = method.stages[stage].recipe(_inputs(method, stage, flare_root, tmp_path))
+        recipe = method.stages[stage].recipe(_inputs(method, stage, data_root(method.data_format), tmp_path))
         model = recipe.model
         before = [p.detach().clone() for p in model.parameters()]
         optimizer = recipe.make_optimizer(model)

@@ -73,10 +73,15 @@ def default_manifest_path(data: dict[str, Any]) -> Path:
     return Path(data.get("cache_dir") or default_cache_dir()) / "manifests" / f"{data['format']}-{key}.parquet"
 
 
+def manifest_path(data: dict[str, Any]) -> Path:
+    """``data.manifest``, or the default beside the cache (see :func:`default_manifest_path`)."""
+    return Path(data.get("manifest") or default_manifest_path(data))
+
+
 def ensure_manifest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]:
     """The manifest of the spec's ``data`` section, ingesting ``data.root`` once when the
     file does not exist yet (under a lock, so concurrent trials ingest once)."""
-    path = Path(data.get("manifest") or default_manifest_path(data))
+    path = manifest_path(data)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "w") as lock:

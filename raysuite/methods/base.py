@@ -30,6 +30,7 @@ class StageInputs:
     seed: int  # effective RNG seed of this run
     rank: int = 0
     world_size: int = 1
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # every stage's config of this trial
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Method:
     check: Callable[[dict[str, dict[str, Any]]], list[tuple[str, str]]] = lambda configs: []
     prepare_data: Callable[[dict[str, Any]], None] = lambda data: None
     manifest_hash: Callable[[dict[str, Any], str, Any], str] = lambda data, stage, cfg: ""
+    # sweep-level plots: (finished trials with param.* columns, output dir, metric) -> files
+    report: Callable[[Any, Path, str], list[Path]] = lambda trials, out, metric: []
 
     def final_stage(self) -> str:
         return list(self.stages)[-1]

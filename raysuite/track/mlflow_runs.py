@@ -135,12 +135,13 @@ def log_file(c: MlflowClient, run_id: str, path: str | Path) -> None:
 
 
 def child_table(c: MlflowClient, parent_id: str) -> pd.DataFrame:
-    """One row per child run: its tags (without the ``raysuite.`` prefix), status and the
-    latest value of every metric."""
+    """One row per child run: its tags (without the ``raysuite.`` prefix), status, params
+    (as ``param.<key>``, JSON text) and the latest value of every metric."""
     rows = []
     for run in children(c, parent_id):
         row = {"run_id": run.info.run_id, "status": run.info.status}
         row.update({k.removeprefix("raysuite."): v for k, v in run.data.tags.items() if k.startswith("raysuite.")})
+        row.update({f"param.{k}": v for k, v in run.data.params.items()})
         row.update(run.data.metrics)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -63,6 +63,8 @@ class Recipe:
     patience: int | None = None  # epochs since the best evaluation before stopping
     epoch_end: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None
     amp: bool = True
+    # run once after training on rank 0 with the best weights (e.g. test-split metrics)
+    test: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -172,6 +174,12 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             runtime.report(metrics, None)
         if stop:
             break
+    if recipe.test is not None:
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        tested = recipe.test(module, device) if runtime.rank == 0 else None
+        metrics = {**metrics, **runtime.broadcast(tested)}
+        runtime.report(metrics, None)
     return metrics
 
 

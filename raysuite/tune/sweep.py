@@ -218,6 +218,9 @@ def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], out: Pa
     curves = _plot_curves(client, trials, spec.objective.metric, out)
     if curves is not None:
         track.log_file(client, parent, curves)
+    if not finished.empty:
+        for path in METHODS[spec.method].report(finished, out, spec.objective.metric):
+            track.log_file(client, parent, path)
     return SweepOutcome(parent, summary, stage_runs, trials)
 
 

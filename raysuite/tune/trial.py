@@ -45,6 +45,7 @@ def run_stage(
         "method": spec.method,
         "stage": stage,
         "cfg": plan.configs[stage],
+        "stages": plan.configs,
         "data": spec.data.model_dump(),
         "seed": plan.seeds[stage],
         "upstream": upstream,

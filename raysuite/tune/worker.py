@@ -87,5 +87,7 @@ def stage_worker(config: dict[str, Any]) -> None:
         upstream = None
         if config.get("upstream"):
             upstream = Path(stack.enter_context(ray.train.Checkpoint(config["upstream"]).as_directory()))
-        inputs = StageInputs(cfg, config["data"], upstream, config["seed"], runtime.rank, runtime.world_size)
+        inputs = StageInputs(
+            cfg, config["data"], upstream, config["seed"], runtime.rank, runtime.world_size, config.get("stages", {})
+        )
         fit(stage.recipe(inputs), runtime)
