@@ -41,10 +41,13 @@ def test_label_fraction_sweep_leaks_no_identity(ray_session, tmp_path, vindr_roo
 
     from raysuite.tune.sweep import run_sweep
 
-    identity = set()
+    identity = set()  # whole values, and name components long enough to be identifying
     for path in vindr_root.rglob("*.dicom"):
-        identity.update(privacy.identifying_values(pydicom.dcmread(path, stop_before_pixels=True)))
-    assert any("^" in v for v in identity)  # the synthetic DICOMs do carry names
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in privacy.IDENTIFYING_KEYWORDS:
+            value = str(getattr(ds, keyword, "") or "")
+            identity.update(v for v in [value, *value.split("^")] if len(v) >= 6)
+    assert any("^" in v for v in identity) and any(v.startswith("ACC") for v in identity)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -439,7 +439,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
 
 def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
     """The seed's label-fraction curve on the sweep's parent run."""
-    path = label_fraction_curve(trials, "pretrain.fraction", metric, out)
+    path = label_fraction_curve(trials, "stages.pretrain.fraction", metric, out)
     return [path] if path is not None else []
 
 

@@ -22,6 +22,14 @@ def _step(metrics: dict[str, Any]) -> int:
     return int(max((v for k, v in metrics.items() if k.endswith("/epoch") and isinstance(v, int | float)), default=0))
 
 
+def _log_fresh(client: Any, run_id: str, metrics: dict[str, Any], seen: dict[str, tuple[int, Any]]) -> None:
+    """Log ``metrics`` at their epoch, skipping any value already logged at that step."""
+    step = _step(metrics)
+    fresh = {k: v for k, v in metrics.items() if seen.get(k) != (step, v)}
+    seen.update({k: (step, v) for k, v in fresh.items()})
+    track.log_metrics(client, run_id, fresh, step, int(time.time() * 1000))
+
+
 def trial_params(p: TrialPlan) -> dict[str, Any]:
     return {"stages": p.configs, "repeat": p.repeat}
 
@@ -41,6 +49,7 @@ class MlflowTuneCallback(Callback):
     def __init__(self, spec: Spec, parent_id: str, uri: str):
         self.spec, self.parent_id, self.uri = spec, parent_id, uri
         self.runs: dict[str, str] = {}
+        self._logged: dict[str, dict[str, tuple[int, Any]]] = {}  # run -> key -> (step, value)
         self._client = None
 
     @property
@@ -69,7 +78,10 @@ class MlflowTuneCallback(Callback):
         self.client.update_run(self._run(trial), status="RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        track.log_metrics(self.client, self._run(trial), result, _step(result), int(time.time() * 1000))
+        """Logs each metric at the result's epoch, skipping a value already logged at that
+        step (a stage's closing report repeats its last epoch's metrics beside new ones)."""
+        run = self._run(trial)
+        _log_fresh(self.client, run, result, self._logged.setdefault(run, {}))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         track.end_run(self.client, self._run(trial))
@@ -83,9 +95,10 @@ class MlflowTrainCallback(ray.train.UserCallback):
 
     def __init__(self, run_id: str, uri: str):
         self.run_id, self.uri = run_id, uri
+        self._logged: dict[str, tuple[int, Any]] = {}
 
     def log(self, metrics: dict[str, Any]) -> None:
-        track.log_metrics(track.client(self.uri), self.run_id, metrics, _step(metrics), int(time.time() * 1000))
+        _log_fresh(track.client(self.uri), self.run_id, metrics, self._logged)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         self.log(metrics[0])
