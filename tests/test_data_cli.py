@@ -40,3 +40,20 @@ def test_synth_then_ingest_exits_0_and_counts_add_up(fmt, tmp_path, capsys):
     written = out.read_bytes() + errors_path(out).read_bytes()  # compressed pages, but literals survive
     for value in secrets:
         assert value not in decoded and value.encode() not in written, value
+
+
+def test_prepare_synthesises_once_then_reads_the_manifest(tmp_path):
+    from raysuite.data.datasets import manifest_path, prepare
+
+    data = {"format": "mura", "root": str(tmp_path / "mura"), "cache_dir": str(tmp_path / "cache"), "synthetic_cases": 3}
+    with pytest.raises(FileNotFoundError, match="synthetic_if_missing"):
+        prepare(data, lambda root: True, default_cases=3)
+    data["synthetic_if_missing"] = True
+    prepare(data, lambda root: False, default_cases=3)
+    manifest_file = manifest_path(data)
+    assert (tmp_path / "mura" / ".raysuite-complete").exists() and manifest_file.exists()
+    stamp = manifest_file.stat().st_mtime_ns
+    prepare(data, lambda root: False, default_cases=3)  # already there: neither rewritten
+    assert manifest_file.stat().st_mtime_ns == stamp
+    df, meta = manifest.read(manifest_file)
+    assert meta["format"] == "mura" and len(df) > 0

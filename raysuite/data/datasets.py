@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,26 @@ def default_manifest_path(data: dict[str, Any]) -> Path:
 
     key = hashlib.sha1(str(Path(data["root"]).resolve()).encode()).hexdigest()[:12]
     return Path(data.get("cache_dir") or default_cache_dir()) / "manifests" / f"{data['format']}-{key}.parquet"
+
+
+def prepare(data: dict[str, Any], present: Callable[[Path], bool], default_cases: int) -> None:
+    """Make the spec's ``data`` usable: when ``present(root)`` is false, synthesise the
+    format's layout (``data.synthetic_if_missing``; ``data.synthetic_cases`` or
+    ``default_cases``), then ingest the manifest once. Deterministic and guarded by lock
+    files, so every node of a cluster may call it."""
+    root = Path(data["root"])
+    if not ((root / ".raysuite-complete").exists() or (root.is_dir() and present(root))):
+        if not data.get("synthetic_if_missing"):
+            raise FileNotFoundError(
+                f"{root}: no {data['format']} data (set data.synthetic_if_missing: true to synthesise)"
+            )
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(root) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (root / ".raysuite-complete").exists():
+                formats.get(data["format"]).synth(root, cases=data.get("synthetic_cases") or default_cases, seed=0)
+                (root / ".raysuite-complete").write_text("synthetic\n")
+    ensure_manifest(data)
 
 
 def manifest_path(data: dict[str, Any]) -> Path:

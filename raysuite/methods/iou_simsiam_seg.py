@@ -17,7 +17,6 @@ sliding-window inference (roi 96, overlap 0.25), ``val/dice`` (eq. 4.2).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from raysuite.data import augment
 from raysuite.data.cache import SliceCache, default_cache_dir
 from raysuite.data.crops import sample_pair
-from raysuite.data.datasets import ensure_manifest
+from raysuite.data.datasets import ensure_manifest, prepare
 from raysuite.data.formats import flare22
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
@@ -127,24 +126,8 @@ class FinetuneConfig(SwinStageConfig):
 
 
 def prepare_data(data: dict[str, Any]) -> None:
-    """Synthesise the dataset when the root is absent and ``synthetic_if_missing`` is set,
-    then ingest it into its manifest (once; later calls read the manifest).
-
-    Deterministic (seeded), guarded by lock files, so every node can run it safely.
-    """
-    root = Path(data["root"])
-    if (root / ".raysuite-complete").exists() or (root.exists() and any(root.rglob("*_0000.nii.gz"))):
-        ensure_manifest(data)
-        return
-    if not data.get("synthetic_if_missing"):
-        raise FileNotFoundError(f"{root}: no FLARE22 data (set data.synthetic_if_missing: true to synthesise)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(root) + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / ".raysuite-complete").exists():
-            flare22.synth(root, cases=data.get("synthetic_cases") or 20, seed=0)
-            (root / ".raysuite-complete").write_text("synthetic\n")
-    ensure_manifest(data)
+    """Synthesise a FLARE22 layout when the root is absent (and allowed), then ingest."""
+    prepare(data, lambda root: any(root.rglob("*_0000.nii.gz")), default_cases=20)
 
 
 def _cases(data: dict[str, Any], cfg: FinetuneConfig | None) -> Any:

@@ -21,7 +21,6 @@ Classes: the seed counts 13 findings, but VinDr-CXR publishes 14 (ids 0..13) bes
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from raysuite.data import manifest
 from raysuite.data.cache import ShardCache
-from raysuite.data.datasets import ensure_manifest, manifest_path
+from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import vindr_cxr
 from raysuite.data.sampling import RepeatFactorSampler, repeat_factors
 from raysuite.data.simclr_augment import SimCLRAugment
@@ -108,19 +107,8 @@ class FinetuneConfig(DetStageConfig):
 
 
 def prepare_data(data: dict[str, Any]) -> None:
-    """Synthesise a VinDr-CXR layout when the root is absent and ``synthetic_if_missing``
-    is set, then ingest it into its manifest once (lock files: any node may call this)."""
-    root = Path(data["root"])
-    if not ((root / ".raysuite-complete").exists() or (root / "train").is_dir()):
-        if not data.get("synthetic_if_missing"):
-            raise FileNotFoundError(f"{root}: no VinDr-CXR data (set data.synthetic_if_missing: true to synthesise)")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with open(str(root) + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (root / ".raysuite-complete").exists():
-                vindr_cxr.synth(root, cases=data.get("synthetic_cases") or 40, seed=0)
-                (root / ".raysuite-complete").write_text("synthetic\n")
-    ensure_manifest(data)
+    """Synthesise a VinDr-CXR layout when the root is absent (and allowed), then ingest."""
+    prepare(data, lambda root: (root / "train").is_dir(), default_cases=40)
 
 
 def _pretrain_settings(stages: dict[str, dict[str, Any]]) -> tuple[float, int]:
