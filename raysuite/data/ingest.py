@@ -4,6 +4,11 @@ A *sample* is the unit a format lists: an image file, or an image a CSV names (s
 row pointing at a missing file is a failed sample). A sample with any malformed
 annotation (bad RLE, box outside the image...) fails whole: training on an image with
 half its boxes would teach false negatives. ``found == ingested + failed`` always holds.
+
+Reasons: the readers' codes (``truncated``, ``no_pixel_data``...) and, for annotations,
+``missing_file`` (a CSV row names an image not on disk), ``no_annotation`` (an image the
+CSV does not mention), ``shape_mismatch``, ``malformed_rle``, ``box_outside_image``,
+``bad_csv_row`` and ``duplicate_image`` (a second file with an image id already seen).
 """
 
 from __future__ import annotations
@@ -22,18 +27,6 @@ import pandas as pd
 from raysuite.data.readers import ReadError
 
 ERROR_COLUMNS = ("sample_id", "file", "reason", "detail", "exception")
-
-# reasons beyond the readers' codes
-ANNOTATION_CODES = (
-    "missing_file",  # a CSV row names an image that is not on disk
-    "no_annotation",  # an image the CSV does not mention
-    "shape_mismatch",  # image and label/mask sizes differ
-    "malformed_rle",
-    "box_outside_image",
-    "bad_csv_row",
-    "duplicate_image",  # a second file with an image id already seen
-)
-
 
 class LayoutError(ValueError):
     """ROOT is not the named layout, or a CSV lacks a required column (CLI exit 2)."""

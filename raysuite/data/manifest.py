@@ -178,10 +178,6 @@ def _nullable(values: Any) -> pd.Series:
     return pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object)
 
 
-def resolve(root: str | Path, relative: str) -> Path:
-    return Path(root) / relative
-
-
 # ---------------------------------------------------------------------------- splits
 
 

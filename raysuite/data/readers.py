@@ -9,24 +9,13 @@ the reason class used by ingest error tables (``truncated``, ``no_pixel_data``..
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from raysuite.data import privacy
-
-READ_CODES = (
-    "missing_file",
-    "not_dicom",
-    "truncated",
-    "no_pixel_data",
-    "undecodable_transfer_syntax",
-    "unsupported_image",
-    "nan_volume",
-    "needs_volume_index",
-    "unreadable",
-)
 
 
 class ReadError(ValueError):
@@ -64,10 +53,29 @@ class ImageMeta:
         """(N, 3) world coordinates in mm -> (N, 3) continuous voxel indices (x, y, z)."""
         if self.origin is None or self.direction is None:
             raise ValueError("image has no origin/direction")
-        # MetaImage TransformMatrix row i is the direction of voxel axis i (ITK MetaImageIO),
-        # so the direction matrix (columns = axis directions) is its transpose.
-        d = np.asarray(self.direction, float).reshape(3, 3).T * np.asarray(self.spacing, float)
-        return np.linalg.solve(d, (np.atleast_2d(xyz) - np.asarray(self.origin, float)).T).T
+        return world_to_voxel(np.atleast_2d(xyz), self.origin, self.spacing, self.direction)
+
+
+def world_to_voxel(
+    world_xyz: Sequence[float] | np.ndarray,
+    origin: Sequence[float],
+    spacing: Sequence[float],
+    transform: Sequence[float] | None = None,
+) -> np.ndarray:
+    """World millimetres ``(3,)`` or ``(N, 3)`` (x, y, z) -> continuous voxel indices of the
+    same shape, (x, y, z) = (column, row, slice) of a MetaImage's ``(Z, Y, X)`` array.
+
+    ``origin`` is the MetaImage ``Offset``, ``spacing`` its ``ElementSpacing`` and
+    ``transform`` its nine ``TransformMatrix`` numbers (identity when ``None``). As in ITK's
+    MetaImageIO, row ``i`` of ``TransformMatrix`` is the world direction of voxel axis
+    ``i``: ``world = origin + sum_i v_i * spacing_i * T[i]``. (All LUNA16 scans have the
+    identity, for which this is ``(world - origin) / spacing``.)
+    """
+    world = np.asarray(world_xyz, float)
+    t = np.eye(3) if transform is None else np.asarray(transform, float).reshape(3, 3)
+    m = t.T * np.asarray(spacing, float)  # column i = spacing_i * direction of axis i
+    voxel = np.linalg.solve(m, (np.atleast_2d(world) - np.asarray(origin, float)).T).T
+    return voxel.reshape(world.shape)
 
 
 def _exists(path: str | Path) -> None:

@@ -40,7 +40,7 @@ import pandas as pd
 
 from raysuite.data import intensity, privacy
 from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
-from raysuite.data.readers import ReadError, read_png
+from raysuite.data.readers import read_png
 
 NAME = "chestxray14"
 
@@ -343,10 +343,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
 def _read_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Decode one image and place its boxes in stored pixels (runs in a worker process)."""
     rel = item["rel"]
-    try:
-        image, _ = read_png(Path(item["root"]) / rel)
-    except ReadError as err:
-        raise ReadError(rel, err.reason, err.code) from None
+    image, _ = read_png(Path(item["root"]) / rel)
     height, width = image.shape
     sx, sy = width / BOX_SPACE, height / BOX_SPACE
     boxes = []

@@ -36,7 +36,7 @@ import pandas as pd
 
 from raysuite.data import privacy
 from raysuite.data.ingest import LayoutError, Ledger, map_safe, read_csv
-from raysuite.data.readers import ReadError, read_mhd, read_mhd_header
+from raysuite.data.readers import ReadError, read_mhd, read_mhd_header, world_to_voxel
 
 NAME = "luna16"
 
@@ -62,28 +62,6 @@ NODULES_PER_SCAN = (1, 2, 1, 0)
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def world_to_voxel(
-    world_xyz: Sequence[float] | np.ndarray,
-    origin: Sequence[float],
-    spacing: Sequence[float],
-    transform: Sequence[float] | None = None,
-) -> np.ndarray:
-    """World millimetres ``(3,)`` or ``(N, 3)`` (x, y, z) -> continuous voxel indices of the
-    same shape, (x, y, z) = (column, row, slice) of the ``(Z, Y, X)`` array.
-
-    ``origin`` is the MetaImage ``Offset``, ``spacing`` its ``ElementSpacing`` and
-    ``transform`` its nine ``TransformMatrix`` numbers (identity when ``None``). As in ITK's
-    MetaImageIO, row ``i`` of ``TransformMatrix`` is the world direction of voxel axis
-    ``i``: ``world = origin + sum_i v_i * spacing_i * T[i]``. (All LUNA16 scans have the
-    identity, for which this is ``(world - origin) / spacing``.)
-    """
-    world = np.asarray(world_xyz, float)
-    t = np.eye(3) if transform is None else np.asarray(transform, float).reshape(3, 3)
-    m = t.T * np.asarray(spacing, float)  # column i = spacing_i * direction of axis i
-    voxel = np.linalg.solve(m, (np.atleast_2d(world) - np.asarray(origin, float)).T).T
-    return voxel.reshape(world.shape)
 
 
 def _voxel_index(voxel_xyz: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from raysuite.data import intensity, privacy
 from raysuite.data.ingest import LayoutError, Ledger
-from raysuite.data.readers import ReadError, read_png
+from raysuite.data.readers import read_png
 
 NAME = "mura"
 
@@ -229,10 +229,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
 def _read_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Decode one image (runs in a worker process)."""
     row = item["row"]
-    try:
-        image, _ = read_png(Path(item["root"]) / row["path"])
-    except ReadError as err:
-        raise ReadError(row["path"], err.reason, err.code) from None
+    image, _ = read_png(Path(item["root"]) / row["path"])
     height, width = image.shape
     return {**row, "height": height, "width": width, "depth": 1, "spacing": []}
 

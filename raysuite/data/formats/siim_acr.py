@@ -194,8 +194,8 @@ def _ingest_one(task: _Task) -> dict[str, Any]:
     path = Path(task.root) / task.rel
     try:
         image, meta = read_dicom(path)
-    except ReadError as err:
-        raise ReadError(task.rel, err.reason, err.code) from None
+    except ReadError:
+        raise
     except Exception as err:  # a reader bug must not stop the ingest
         raise ReadError(task.rel, f"unreadable ({type(err).__name__})", "unreadable") from None
     if not np.isfinite(image).all():
