@@ -119,7 +119,22 @@ def ensure_manifest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]
                         folds=split.get("folds"),
                     ),
                 )
-    df, meta = manifest.read(path)
+    df, meta = _read_once(path)
     if meta.get("format") != data["format"]:
         raise LayoutError(path, f"manifest holds format {meta.get('format')!r}, the spec says {data['format']!r}")
-    return df, meta
+    return df.copy(), dict(meta)
+
+
+_READ: dict[Path, tuple[tuple[int, int], pd.DataFrame, dict[str, str]]] = {}
+
+
+def _read_once(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """``manifest.read`` once per process and file version (plan() and every recipe ask
+    for the manifest; a re-ingest replaces the file, changing its mtime)."""
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _READ.get(path)
+    if cached is None or cached[0] != version:
+        cached = (version, *manifest.read(path))
+        _READ[path] = cached
+    return cached[1], cached[2]

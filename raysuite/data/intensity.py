@@ -72,24 +72,36 @@ def equalize_histogram(image: np.ndarray, bins: int = 256) -> np.ndarray:
     return np.clip(lut[levels], 0.0, 1.0).astype(np.float32)
 
 
-def resize(image: np.ndarray, size: Size) -> np.ndarray:
+_FILTERS = ("nearest", "bilinear", "bicubic", "area")
+
+
+def resize(image: np.ndarray, size: Size, interpolation: str = "bilinear") -> np.ndarray:
     """``(H, W)`` -> ``size`` (an int for a square, or ``(h, w)``) float32, aspect ratio not
     kept (VinDr seed §2.1: "resized to a resolution of 512x512").
 
     Bilinear on the half-pixel-centre grid (Pillow's ``BILINEAR`` on a 32-bit float image:
     output pixel ``j`` samples input ``(j + 0.5) * W / w - 0.5``); when shrinking, the filter
     support widens with the scale factor, so a 3000 px radiograph is low-passed (no aliasing)
-    rather than point-sampled.
+    rather than point-sampled. ``interpolation`` may also be ``nearest`` (masks),
+    ``bicubic`` or ``area`` (Pillow's box filter).
     """
     from PIL import Image
 
+    if interpolation not in _FILTERS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; known: {sorted(_FILTERS)}")
     image = np.asarray(image, np.float32)
     if image.ndim != 2:
         raise ValueError(f"expected an (H, W) image, got shape {image.shape}")
     h, w = _hw(size)
     if image.shape == (h, w):
         return image.copy()
-    out = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BILINEAR)
+    resample = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "area": Image.Resampling.BOX,
+    }[interpolation]
+    out = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), resample)
     return np.asarray(out, np.float32)
 
 

@@ -11,6 +11,7 @@ node through the job's runtime environment (:func:`salt_env`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -40,7 +41,13 @@ IDENTIFYING_KEYWORDS = (
 def _salt() -> bytes:
     if value := os.environ.get("RAYSUITE_SALT"):
         return bytes.fromhex(value[4:]) if value.startswith("hex:") else value.encode()
-    path = Path(os.environ.get("RAYSUITE_SALT_FILE") or Path.home() / ".config" / "raysuite" / "salt")
+    return _salt_file(os.environ.get("RAYSUITE_SALT_FILE") or str(Path.home() / ".config" / "raysuite" / "salt"))
+
+
+@functools.cache
+def _salt_file(name: str) -> bytes:
+    """The salt file's bytes (read once per process: ingest keys every sample with it)."""
+    path = Path(name)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -18,7 +18,6 @@ sliding-window inference (roi 96, overlap 0.25), ``val/dice`` (eq. 4.2).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from raysuite.data.cache import SliceCache, default_cache_dir
 from raysuite.data.crops import sample_pair
 from raysuite.data.datasets import ensure_manifest, prepare
 from raysuite.data.formats import flare22
+from raysuite.data.rng import ProcessRng
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.seg_metrics import dice_per_slice
@@ -162,20 +162,6 @@ def _load_cases(data: dict[str, Any], rows: Any) -> list[tuple[np.ndarray, np.nd
     return out
 
 
-class _Rng:
-    """A per-process numpy Generator seeded from torch (distinct per DataLoader worker)."""
-
-    _owner: tuple[int, int] | None = None
-
-    def generator(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        owner = (os.getpid(), info.id if info else -1)
-        if self._owner != owner:
-            self._np = np.random.default_rng(torch.initial_seed() % 2**63)
-            self._owner = owner
-        return self._np
-
-
 class PairDataset(Dataset):
     """Unlabelled slices -> two augmented IoU-constrained crops.
 
@@ -184,7 +170,7 @@ class PairDataset(Dataset):
 
     def __init__(self, volumes: list[np.ndarray], cfg: PretrainConfig):
         self.index = [(v, z) for v, vol in enumerate(volumes) for z in range(vol.shape[0])]
-        self.volumes, self.cfg, self.rng = volumes, cfg, _Rng()
+        self.volumes, self.cfg, self.rng = volumes, cfg, ProcessRng()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -192,7 +178,7 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         v, z = self.index[i]
         image = self.volumes[v][z]
-        s, npr = self.cfg.crop_size, self.rng.generator()
+        s, npr = self.cfg.crop_size, self.rng.numpy()
         h, w = image.shape
         if h < s or w < s:
             image = np.pad(image, ((0, max(0, s - h)), (0, max(0, s - w))))
@@ -212,7 +198,7 @@ class LabelledCropDataset(Dataset):
     """
 
     def __init__(self, cases: list[tuple[np.ndarray, np.ndarray]], cfg: FinetuneConfig):
-        self.cases, self.cfg, self.rng = cases, cfg, _Rng()
+        self.cases, self.cfg, self.rng = cases, cfg, ProcessRng()
         self.index = [(c, z) for c, (img, _) in enumerate(cases) for z in range(img.shape[0])]
 
     def __len__(self) -> int:
@@ -222,7 +208,7 @@ class LabelledCropDataset(Dataset):
         c, z = self.index[i]
         img, seg = self.cases[c]
         image, label = np.asarray(img[z], np.float32), np.asarray(seg[z], np.int64)
-        s, npr = self.cfg.crop_size, self.rng.generator()
+        s, npr = self.cfg.crop_size, self.rng.numpy()
         pad = ((0, max(0, s - image.shape[0])), (0, max(0, s - image.shape[1])))
         image, label = np.pad(image, pad), np.pad(label, pad)
         h, w = image.shape

@@ -38,6 +38,7 @@ from raysuite.data import manifest
 from raysuite.data.cache import ShardCache
 from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import vindr_cxr
+from raysuite.data.rng import ProcessRng
 from raysuite.data.sampling import RepeatFactorSampler, repeat_factors
 from raysuite.data.simclr_augment import SimCLRAugment
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
@@ -180,32 +181,18 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-class _Generator:
-    """A torch Generator per process, seeded from torch's own seed (distinct per DataLoader
-    worker and per rank once ``seed_everything`` has run)."""
-
-    _owner: int | None = None
-    _gen: torch.Generator | None = None
-
-    def get(self) -> torch.Generator:
-        seed = torch.initial_seed()
-        if self._owner != seed:
-            self._owner, self._gen = seed, torch.Generator().manual_seed(seed % 2**63)
-        return self._gen
-
-
 class TwoViews(Dataset):
     """Unlabelled pool images -> two SimCLR views, each (1, S, S) in [0, 1]."""
 
     def __init__(self, cache: ShardCache, ids: list[str], augment: SimCLRAugment):
-        self.cache, self.ids, self.augment, self.rng = cache, ids, augment, _Generator()
+        self.cache, self.ids, self.augment, self.rng = cache, ids, augment, ProcessRng()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(self.cache[self.ids[i]])[None]
-        gen = self.rng.get()
+        gen = self.rng.torch()
         return self.augment(image, gen), self.augment(image, gen)
 
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from raysuite.data import privacy, rle
+from raysuite.data import intensity, privacy, rle
 from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
 from raysuite.data.readers import ReadError, read_dicom
 
@@ -91,38 +91,13 @@ SEGMENTER = Preprocessing(size=256)
 CLASSIFIER = Preprocessing(size=224)
 
 
-def _pil_filter(name: str) -> int:
-    from PIL import Image
-
-    filters = {
-        "nearest": Image.Resampling.NEAREST,
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-        "area": Image.Resampling.BOX,
-    }
-    if name not in filters:
-        raise ValueError(f"unknown interpolation {name!r}; known: {sorted(filters)}")
-    return filters[name]
-
-
-def _resize(array: np.ndarray, size: int, interpolation: str) -> np.ndarray:
-    from PIL import Image
-
-    if array.shape == (size, size):
-        return array
-    if array.dtype not in (np.float32, np.uint8):
-        raise TypeError(f"resize expects float32 or uint8, got {array.dtype}")
-    image = Image.fromarray(np.ascontiguousarray(array))  # mode F or L
-    return np.asarray(image.resize((size, size), _pil_filter(interpolation)))
-
-
 def preprocess(root: Path, row: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
     """One manifest row -> ``(S, S)`` float32 image in [0, 1], ``S = prep.size`` (seed 004
     §4.2: DICOM -> 8-bit grey levels / 255 -> resized to the network input)."""
     image, meta = read_dicom(Path(root) / str(row["path"]))
     full_scale = float(2 ** (meta.bits or 8) - 1)
     image = np.clip(image / full_scale, 0.0, 1.0).astype(np.float32)
-    return np.clip(_resize(image, prep.size, prep.interpolation), 0.0, 1.0).astype(np.float32)
+    return np.clip(intensity.resize(image, prep.size, prep.interpolation), 0.0, 1.0).astype(np.float32)
 
 
 def mask_array(row: Mapping[str, Any]) -> np.ndarray:
@@ -141,7 +116,7 @@ def mask_array(row: Mapping[str, Any]) -> np.ndarray:
 
 def target_mask(row: Mapping[str, Any], prep: Preprocessing) -> np.ndarray:
     """The row's mask resized like :func:`preprocess` (nearest): ``(S, S)`` uint8 of 0/1."""
-    return _resize(mask_array(row), prep.size, "nearest").astype(np.uint8)
+    return intensity.resize(mask_array(row), prep.size, "nearest").astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- ingest
