@@ -12,6 +12,7 @@ from typing import Any
 from raysuite import __version__
 from raysuite.methods import METHODS
 from raysuite.spec import (
+    FOLD,
     Spec,
     SpecError,
     config_id,
@@ -28,10 +29,14 @@ REPEAT = "__trial_index__"  # set by ray.tune.search.Repeater on Optuna sweeps
 @dataclass(frozen=True)
 class TrialPlan:
     overrides: dict[str, Any]  # the configuration (no seeds)
-    repeat: dict[str, int]  # e.g. {"pretrain.seed": 1, "finetune.seed": 0}
+    repeat: dict[str, int]  # e.g. {"pretrain.seed": 1, "finetune.seed": 0, "fold": 2}
     configs: dict[str, dict[str, Any]]  # resolved, validated stage configs
     seeds: dict[str, int]  # effective RNG seed per stage
     keys: dict[str, str]  # content key per stage (stage cache for cacheable ones)
+
+    @property
+    def fold(self) -> int | None:
+        return self.repeat.get(FOLD)
 
     @property
     def config_id(self) -> str:
@@ -64,32 +69,38 @@ def decode(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> TrialPlan:
-    """Resolve a trial. Seeds: a stage's seed mixes its own and every upstream stage's, so
-    the scratch arm still gets distinct runs per (pretrain seed, finetune seed) pair while
-    all configurations share the same seed set (as seed 001 did across intervals)."""
+    """Resolve a trial. Seeds: a stage's seed mixes its own and those of the stages it
+    consumes, so the scratch arm still gets distinct runs per (pretrain seed, finetune
+    seed) pair while all configurations share the same seed set (as seed 001 did across
+    intervals). A stage's key covers its config, data, seed, fold and the keys of the
+    stages it consumes (not of stages it merely follows), so two independent models of
+    one trial are cached independently."""
     method = METHODS[spec.method]
     configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     for key, message in method.check(configs):
         raise SpecError(None, key, message)
     seeds: dict[str, int] = {}
     keys: dict[str, str] = {}
-    upstream_seed, upstream_key = 0, ""
+    live: dict[str, str] = {}  # key of each stage that runs (skipped stages output nothing)
+    fold = repeat.get(FOLD)
     for name, stage in method.stages.items():
+        upstream_seed = 0
+        for consumed in stage.inputs:
+            upstream_seed = upstream_seed * 1009 + seeds[consumed]
         seed = upstream_seed * 1009 + int(configs[name].get("seed", 0))
         seeds[name] = seed
-        blob = json.dumps(
-            {
-                "method": spec.method,
-                "stage": name,
-                "config": configs[name],
-                "manifest": method.manifest_hash(spec.data.model_dump(), name, stage.config.model_validate(configs[name])),
-                "seed": seed,
-                "upstream": upstream_key,
-                "version": __version__,
-            },
-            sort_keys=True,
-        )
-        keys[name] = hashlib.sha256(blob.encode()).hexdigest()[:24]
-        upstream_seed = seed
-        upstream_key = "" if stage.skip(configs[name]) else keys[name]
+        content = {
+            "method": spec.method,
+            "stage": name,
+            "config": configs[name],
+            "manifest": method.manifest_hash(spec.data.model_dump(), name, stage.config.model_validate(configs[name])),
+            "seed": seed,
+            "upstream": "+".join(live.get(c, "") for c in stage.inputs),
+            "version": __version__,
+        }
+        if fold is not None:
+            content["fold"] = fold
+        keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+        if not stage.skip(configs[name]):
+            live[name] = keys[name]
     return TrialPlan(overrides, repeat, configs, seeds, keys)

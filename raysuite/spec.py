@@ -101,6 +101,8 @@ class OptunaSpec(Strict):
 
 
 class AshaSpec(Strict):
+    """Rungs count epochs of the method's progress stage (its last training stage)."""
+
     grace_period: int = Field(default=1, ge=1)
     max_t: int = Field(default=100, ge=1)
     reduction_factor: float = Field(default=3.0, gt=1)
@@ -111,6 +113,12 @@ class SchedulerSpec(Strict):
 
 
 class SearchSpec(Strict):
+    """``arms``: named configurations, each a mapping of dotted keys (e.g. a method and its
+    baseline differ in several settings at once), crossed with the ``grid`` axes.
+    ``repeats``: ``<stage>.seed`` counts, and ``fold``: how many cross-validation folds to
+    run (folds 0..n-1 of the method's K-fold split, ``data.split.folds`` or its default)."""
+
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     repeats: dict[str, int] = Field(default_factory=dict)
     optuna: OptunaSpec | None = None
@@ -262,7 +270,8 @@ def check_stages(spec: Spec, path: Any = None) -> None:
             raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}")
     base = resolve_stage_configs(spec, {}, path, "stages")
     keys = [("search.grid", k) for k in spec.search.grid]
-    keys += [("search.repeats", k) for k in spec.search.repeats]
+    keys += [(f"search.arms.{arm}", k) for arm, values in spec.search.arms.items() for k in values]
+    keys += [("search.repeats", k) for k in spec.search.repeats if k != FOLD]
     if spec.search.optuna:
         keys += [("search.optuna.space", k) for k in spec.search.optuna.space]
     for section, key in keys:
@@ -273,8 +282,23 @@ def check_stages(spec: Spec, path: Any = None) -> None:
         if field.split(".")[0] not in model.model_fields:
             raise SpecError(path, f"{section}.{key}", f"{model.__name__} has no field {field.split('.')[0]!r}")
     for key in spec.search.repeats:
-        if not key.endswith(".seed"):
-            raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed: use <stage>.seed")
+        if key != FOLD and not key.endswith(".seed"):
+            raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed (<stage>.seed) or the fold")
+    if FOLD in spec.search.repeats:
+        folds = fold_count(spec)
+        if folds is None:
+            raise SpecError(path, "search.repeats.fold", f"{spec.method} does not cross-validate")
+        if spec.search.repeats[FOLD] > folds:
+            raise SpecError(path, "search.repeats.fold", f"{spec.search.repeats[FOLD]} folds asked, the split has {folds}")
+    for arm, values in spec.search.arms.items():
+        if not values:
+            raise SpecError(path, f"search.arms.{arm}", "an arm sets at least one <stage>.<field>")
+        for key in values:
+            if key in spec.search.grid:
+                raise SpecError(path, f"search.arms.{arm}.{key}", "set by both an arm and a grid axis")
+        configs = resolve_stage_configs(spec, {ARM: arm}, path, f"search.arms.{arm}", base=base)
+        for field, message in method.check(configs):
+            raise SpecError(path, f"search.arms.{arm}", f"{field}: {message}")
     for key, message in method.check(base):
         raise SpecError(path, f"stages.{key}", message)
     for key, values in spec.search.grid.items():
@@ -308,7 +332,7 @@ def resolve_stage_configs(
     if spec.tiny and base is None:
         for stage, tiny in method.tiny.items():
             raw[stage] = {**tiny, **raw.get(stage, {})}
-    for key, value in overrides.items():
+    for key, value in expand_arm(spec, overrides).items():
         stage, _, field = key.partition(".")
         raw.setdefault(stage, {})
         set_dotted(raw[stage], field, value, path)
@@ -328,6 +352,27 @@ def resolve_stage_configs(
 # ---------------------------------------------------------------- configurations
 
 
+ARM = "arm"  # overrides key naming one of search.arms
+FOLD = "fold"  # repeats key: cross-validation fold
+
+
+def expand_arm(spec: Spec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Dotted stage overrides: the named arm's settings, then the other keys (the fold,
+    which is no stage setting, dropped)."""
+    out = dict(spec.search.arms[overrides[ARM]]) if ARM in overrides else {}
+    out.update({k: v for k, v in overrides.items() if k not in (ARM, FOLD)})
+    return out
+
+
+def fold_count(spec: Spec) -> int | None:
+    """K of the method's K-fold split: ``data.split.folds`` or the method's default (None:
+    the method does not cross-validate)."""
+    from raysuite.methods import METHODS
+
+    default = METHODS[spec.method].default_folds
+    return None if default is None else spec.data.split.folds or default
+
+
 def repeat_points(spec: Spec) -> list[dict[str, int]]:
     """All repeat seed combinations, e.g. ``{pretrain.seed: 2, finetune.seed: 2}`` -> 4 dicts."""
     axes = sorted(spec.search.repeats.items())
@@ -337,8 +382,10 @@ def repeat_points(spec: Spec) -> list[dict[str, int]]:
 
 
 def grid_points(spec: Spec) -> list[dict[str, Any]]:
-    """Cartesian product of the grid axes (one empty point when there is no grid)."""
+    """Cartesian product of the arms and the grid axes (one empty point when neither)."""
     axes = list(spec.search.grid.items())
+    if spec.search.arms:
+        axes.insert(0, (ARM, list(spec.search.arms)))
     if not axes:
         return [{}]
     return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
@@ -351,12 +398,15 @@ def config_id(overrides: dict[str, Any]) -> str:
 
 
 def config_label(overrides: dict[str, Any]) -> str:
+    """``arm, key=value, ...`` (the arm's name first when there is one)."""
     if not overrides:
         return "default"
+
     def show(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
 
-    return ", ".join(f"{k}={show(v)}" for k, v in sorted(overrides.items()))
+    arm = [str(overrides[ARM])] if ARM in overrides else []
+    return ", ".join(arm + [f"{k}={show(v)}" for k, v in sorted(overrides.items()) if k != ARM])
 
 
 def smoke(spec: Spec) -> Spec:

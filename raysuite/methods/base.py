@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,16 +31,37 @@ class StageInputs:
     rank: int = 0
     world_size: int = 1
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # every stage's config of this trial
+    upstreams: dict[str, Path] = field(default_factory=dict)  # every consumed (not skipped) stage's output
+    fold: int | None = None  # cross-validation fold of this trial (search.repeats.fold)
+
+
+# A job stage's work: (inputs, output directory) -> metrics. What it writes to the
+# directory is the stage's output; metrics whose key starts with ARTIFACT carry the text of
+# an artifact for the trial's run (e.g. a table of every post-hoc combination tried).
+Job = Callable[[StageInputs, Path], dict[str, Any]]
+ARTIFACT = "artifact/"
 
 
 @dataclass(frozen=True)
 class StageDef:
+    """A stage trains (``recipe``: the epoch loop in DDP workers) or runs a ``job``: in one
+    Ray Train worker (``job_on="worker"``, e.g. inference on the GPU) or in the trial's
+    driver (``job_on="driver"``, e.g. a threshold search on saved predictions)."""
+
     name: str
     config: type[StageConfig]
-    recipe: Callable[[StageInputs], Recipe]
-    consumes: str | None = None  # stage whose output this one loads
+    recipe: Callable[[StageInputs], Recipe] | None = None
+    consumes: str | tuple[str, ...] | None = None  # stage(s) whose output this one loads
     cacheable: bool = False  # output stored in the stage cache under a content hash
     skip: Callable[[Any], bool] = lambda cfg: False  # e.g. "no pretraining" arm
+    job: Job | None = None
+    job_on: Literal["worker", "driver"] = "worker"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        if self.consumes is None:
+            return ()
+        return (self.consumes,) if isinstance(self.consumes, str) else self.consumes
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,8 @@ class Method:
     manifest_hash: Callable[[dict[str, Any], str, Any], str] = lambda data, stage, cfg: ""
     # sweep-level plots: (finished trials with param.* columns, output dir, metric) -> files
     report: Callable[[Any, Path, str], list[Path]] = lambda trials, out, metric: []
+    default_folds: int | None = None  # K of its K-fold split when the method cross-validates
+    progress_stage: str | None = None  # whose epochs ASHA counts; default the last stage
 
-    def final_stage(self) -> str:
-        return list(self.stages)[-1]
+    def schedule_stage(self) -> str:
+        return self.progress_stage or list(self.stages)[-1]

@@ -124,10 +124,12 @@ def children(c: MlflowClient, parent_id: str) -> list[Any]:
 
 
 def log_text(c: MlflowClient, run_id: str, name: str, text: str) -> None:
+    """``text`` as the run's artifact ``name`` (``a/b.csv`` goes to folder ``a``)."""
+    folder, _, base = name.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / base
         path.write_text(text)
-        c.log_artifact(run_id, str(path))
+        c.log_artifact(run_id, str(path), artifact_path=folder or None)
 
 
 def log_file(c: MlflowClient, run_id: str, path: str | Path) -> None:

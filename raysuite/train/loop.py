@@ -65,6 +65,8 @@ class Recipe:
     amp: bool = True
     # run once after training on rank 0 with the best weights (e.g. test-split metrics)
     test: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
+    # called on every rank before each epoch (1-based), e.g. to switch an augmentation on
+    epoch_start: Callable[[int], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -115,6 +117,8 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if recipe.epoch_start is not None:
+            recipe.epoch_start(epoch)
         model.train()
         outputs: list[dict[str, Any]] = []
         for i, batch in enumerate(loader):

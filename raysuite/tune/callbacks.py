@@ -13,6 +13,7 @@ from typing import Any
 import ray.train
 from ray.tune import Callback
 
+from raysuite.methods.base import ARTIFACT
 from raysuite.plan import TrialPlan, decode, plan
 from raysuite.spec import Spec
 from raysuite.track import mlflow_runs as track
@@ -23,10 +24,14 @@ def _step(metrics: dict[str, Any]) -> int:
 
 
 def _log_fresh(client: Any, run_id: str, metrics: dict[str, Any], seen: dict[str, tuple[int, Any]]) -> None:
-    """Log ``metrics`` at their epoch, skipping any value already logged at that step."""
+    """Log ``metrics`` at their epoch, skipping any value already logged at that step;
+    ``artifact/<name>`` text values become the run's artifact ``<name>``."""
     step = _step(metrics)
     fresh = {k: v for k, v in metrics.items() if seen.get(k) != (step, v)}
     seen.update({k: (step, v) for k, v in fresh.items()})
+    for key, text in fresh.items():
+        if key.startswith(ARTIFACT) and isinstance(text, str):
+            track.log_text(client, run_id, key[len(ARTIFACT) :], text)
     track.log_metrics(client, run_id, fresh, step, int(time.time() * 1000))
 
 

@@ -108,7 +108,7 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: Mlflo
     if spec.search.scheduler.asha and (study == "optuna" or not spec.search.optuna):
         asha = spec.search.scheduler.asha
         scheduler = ASHAScheduler(
-            time_attr=f"{method.final_stage()}/epoch", max_t=asha.max_t, grace_period=asha.grace_period,
+            time_attr=f"{method.schedule_stage()}/epoch", max_t=asha.max_t, grace_period=asha.grace_period,
             reduction_factor=asha.reduction_factor,
         )  # fmt: skip
     repeats = len(repeat_points(spec))

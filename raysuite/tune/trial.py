@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -20,7 +22,7 @@ from raysuite.plan import TrialPlan
 from raysuite.spec import Spec
 from raysuite.train.loop import HISTORY_FILE
 from raysuite.tune import stage_cache
-from raysuite.tune.worker import stage_worker
+from raysuite.tune.worker import run_job, stage_worker
 
 
 def run_stage(
@@ -29,27 +31,20 @@ def run_stage(
     stage: str,
     name: str,
     storage: str,
-    upstream: str | None,
+    upstreams: dict[str, str],
     callbacks: list[Any],
     fail_marker: str | None = None,
 ) -> ray.train.Result:
-    """Train one stage with ``workers_per_trial`` DDP workers. A rerun with the same
-    ``name`` and ``storage`` resumes from the run's latest checkpoint (Train V2 restores
-    its checkpoint manager from storage), as do worker-group retries within the run."""
+    """Train one stage with ``workers_per_trial`` DDP workers (a worker job: one worker).
+    A rerun with the same ``name`` and ``storage`` resumes from the run's latest
+    checkpoint (Train V2 restores its checkpoint manager from storage), as do worker-group
+    retries within the run."""
     res = spec.resources
     use_gpu = res.gpus_per_worker > 0
     # Workers may wait for an autoscaled GPU node, or for a stopped trial's workers to be
     # released: wait up to 30 min (Ray's default is 60 s) before calling it a failure.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
-    loop_config = {
-        "method": spec.method,
-        "stage": stage,
-        "cfg": plan.configs[stage],
-        "stages": plan.configs,
-        "data": spec.data.model_dump(),
-        "seed": plan.seeds[stage],
-        "upstream": upstream,
-    }
+    loop_config = _stage_config(spec, plan, stage, upstreams)
     faults = spec.faults
     if faults and stage == faults.stage and faults.only_seed in (None, plan.configs[stage]["seed"]):
         loop_config.update(fail_marker=fail_marker, fail_at_epoch=faults.fail_once_at_epoch)
@@ -58,7 +53,7 @@ def run_stage(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_trial,
+            num_workers=1 if METHODS[spec.method].stages[stage].job else res.workers_per_trial,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})},
         ),
@@ -85,28 +80,55 @@ def run_trial(
     """Run every stage of ``plan``. ``relay`` receives the stored per-epoch history of a
     cached stage this trial did not compute, so every trial's run shows its pretraining."""
     method = METHODS[spec.method]
-    outputs: dict[str, str | None] = {}
+    outputs: dict[str, str] = {}
     for name, stage in method.stages.items():
-        upstream = outputs.get(stage.consumes) if stage.consumes else None
+        upstreams = {c: outputs[c] for c in stage.inputs if c in outputs}
         if stage.skip(plan.configs[name]):
-            outputs[name] = None
+            print(f"[raysuite] {run_name}: stage {name} skipped by its config")
             continue
-        if stage.cacheable:
+        if stage.job_on == "driver":
+            _run_driver_job(spec, plan, name, upstreams, relay)
+        elif stage.cacheable:
 
-            def compute(name: str = name, upstream: str | None = upstream) -> dict[str, Any]:
-                result = run_stage(spec, plan, name, plan.keys[name], f"{storage}/stage_cache", upstream, callbacks(),
+            def compute(name: str = name, upstreams: dict[str, str] = upstreams) -> dict[str, Any]:
+                result = run_stage(spec, plan, name, plan.keys[name], f"{storage}/stage_cache", upstreams, callbacks(),
                                    _fail_marker(storage, run_name, name))  # fmt: skip
                 return {"checkpoint": result.checkpoint.path, "stage": name, "history": _history(result)}
 
             marker, computed = stage_cache.get_or_compute(storage, plan.keys[name], name, run_name, compute, coordinator)
             if not computed:
+                print(f"[raysuite] {run_name}: stage {name} reused from the stage cache (key {plan.keys[name]})")
                 for row in marker.get("history", []):
                     relay({**row, "stage_cache/hit": 1.0})
             outputs[name] = marker["checkpoint"]
         else:
-            result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstream, callbacks(),
+            result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstreams, callbacks(),
                                _fail_marker(storage, run_name, name))  # fmt: skip
-            outputs[name] = result.checkpoint.path if result.checkpoint else None
+            if result.checkpoint:
+                outputs[name] = result.checkpoint.path
+
+
+def _stage_config(spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, str]) -> dict[str, Any]:
+    """What a stage's worker (or driver job) needs to build its :class:`StageInputs`."""
+    return {
+        "method": spec.method,
+        "stage": stage,
+        "cfg": plan.configs[stage],
+        "stages": plan.configs,
+        "data": spec.data.model_dump(),
+        "seed": plan.seeds[stage],
+        "upstreams": upstreams,
+        "fold": plan.fold,
+    }
+
+
+def _run_driver_job(
+    spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, str], relay: Callable[[dict[str, Any]], None]
+) -> None:
+    """A light job (e.g. a threshold search on saved predictions) run right here in the
+    trial driver: its metrics and artifacts go to the trial's run through ``relay``."""
+    with tempfile.TemporaryDirectory(prefix=f"raysuite-{stage}-") as out:
+        relay(run_job(_stage_config(spec, plan, stage, upstreams), Path(out)))
 
 
 def _fail_marker(storage: str, run_name: str, stage: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
-from raysuite.train.loop import fit, seed_everything
+from raysuite.train.loop import HISTORY_FILE, fit, seed_everything
 
 
 class RayRuntime:
@@ -75,19 +77,44 @@ class RayRuntime:
             raise RuntimeError(f"injected failure after epoch {int(epoch)} (faults.fail_once_at_epoch)")
 
 
-def stage_worker(config: dict[str, Any]) -> None:
-    """Train ``config['stage']`` of ``config['method']``; see ``raysuite.tune.trial``."""
+def _inputs(config: dict[str, Any], stack: contextlib.ExitStack, rank: int = 0, world_size: int = 1) -> StageInputs:
+    """The stage's :class:`StageInputs`, with each consumed checkpoint as a local directory
+    (downloaded for the life of ``stack`` when it lives in remote storage)."""
     method = METHODS[config["method"]]
     stage = method.stages[config["stage"]]
-    cfg = stage.config.model_validate(config["cfg"])
+    upstreams = {
+        name: Path(stack.enter_context(ray.train.Checkpoint(path).as_directory()))
+        for name, path in (config.get("upstreams") or {}).items()
+    }
+    single = next(iter(upstreams.values())) if len(upstreams) == 1 else None
+    return StageInputs(
+        stage.config.model_validate(config["cfg"]), config["data"], single, config["seed"], rank, world_size,
+        config.get("stages", {}), upstreams, config.get("fold"),
+    )  # fmt: skip
+
+
+def run_job(config: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run a job stage into ``out``; returns its metrics (see :data:`~raysuite.methods.base.Job`)."""
+    method = METHODS[config["method"]]
+    method.prepare_data(config["data"])
+    seed_everything(config["seed"])
+    with contextlib.ExitStack() as stack:
+        return method.stages[config["stage"]].job(_inputs(config, stack), out)
+
+
+def stage_worker(config: dict[str, Any]) -> None:
+    """Train ``config['stage']`` of ``config['method']``, or run its job in this (single)
+    worker and report the job's output directory as the checkpoint; see ``raysuite.tune.trial``."""
+    method = METHODS[config["method"]]
+    stage = method.stages[config["stage"]]
     runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"))
+    if stage.job is not None:
+        with tempfile.TemporaryDirectory(prefix="raysuite-job-") as tmp:
+            metrics = run_job(config, Path(tmp))
+            (Path(tmp) / HISTORY_FILE).write_text(json.dumps([metrics]))
+            runtime.report(metrics, Path(tmp))
+        return
     method.prepare_data(config["data"])
     seed_everything(config["seed"] * 1000 + runtime.rank)
     with contextlib.ExitStack() as stack:
-        upstream = None
-        if config.get("upstream"):
-            upstream = Path(stack.enter_context(ray.train.Checkpoint(config["upstream"]).as_directory()))
-        inputs = StageInputs(
-            cfg, config["data"], upstream, config["seed"], runtime.rank, runtime.world_size, config.get("stages", {})
-        )
-        fit(stage.recipe(inputs), runtime)
+        fit(stage.recipe(_inputs(config, stack, runtime.rank, runtime.world_size)), runtime)
