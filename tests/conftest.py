@@ -31,10 +31,23 @@ def vindr_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def siim_root(tmp_path_factory):
+    """A small synthetic SIIM-ACR dataset (64 training radiographs of 128 px, half with a
+    pneumothorax, and 16 unlabelled test images)."""
+    from raysuite.data.formats import siim_acr
+
+    root = tmp_path_factory.mktemp("siim_acr")
+    siim_acr.synth(root, cases=64, seed=0, size=128)
+    (root / ".raysuite-complete").write_text("synthetic\n")
+    return root
+
+
 @pytest.fixture
 def data_root(request):
     """The synthetic root of a data format: ``data_root(format)``."""
-    return lambda fmt: request.getfixturevalue({"flare22": "flare_root", "vindr_cxr": "vindr_root"}[fmt])
+    fixtures = {"flare22": "flare_root", "vindr_cxr": "vindr_root", "siim_acr": "siim_root"}
+    return lambda fmt: request.getfixturevalue(fixtures[fmt])
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def _inputs(method, stage, root, tmp_path, **extra):
 def test_one_step_changes_parameters(name, data_root, tmp_path):
     method = METHODS[name]
     seed_everything(0)
-    for stage in method.stages:
+    for stage in [s for s, d in method.stages.items() if d.recipe is not None]:
         recipe = method.stages[stage].recipe(_inputs(method, stage, data_root(method.data_format), tmp_path))
         model = recipe.model
         before = [p.detach().clone() for p in model.parameters()]
