@@ -167,3 +167,22 @@ def test_tiny_cascade_learns_and_beats_an_untrained_pair(siim_root, tmp_path):
     assert len(table) == 1 + after["posthoc/combinations"] == 1 + 19 * 9 * 4 * 2
     assert after["val/dice_per_image"] >= after["val/tta/dice_per_image"] - 1e-12
     assert after["val/dice_per_image"] >= after["val/argmax/dice_per_image"] - 1e-12
+
+
+def test_frozen_epochs_keep_loaded_encoder_weights(siim_root, tmp_path):
+    """Table 4.2: with an ImageNet file the encoder stays fixed for ``frozen_epochs``."""
+    import timm
+
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    inputs = _inputs("segmenter", data, epochs=2, frozen_epochs=1, weights=str(weights), max_train_images=8)
+    runtime = LocalRuntime(tmp_path / "ck")
+    fit(METHOD.stages["segmenter"].recipe(inputs), runtime)
+    loaded = torch.load(weights)
+    states = [torch.load(c / STATE_FILE, weights_only=False)["model"] for c in runtime.checkpoints]
+    key = "encoder.layer1.0.conv1.weight"
+    assert torch.equal(states[0][key], loaded[key.removeprefix("encoder.")])
+    assert torch.equal(states[0]["encoder.bn1.running_mean"], loaded["bn1.running_mean"])
+    assert not torch.equal(states[1][key], loaded[key.removeprefix("encoder.")])
+    assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])

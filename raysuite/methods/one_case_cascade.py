@@ -64,7 +64,7 @@ FOLDS = 5  # §5.3: 5-fold cross-validation
 SEG_LOSSES = ("jaccard", "dice", "bce", "focal", "tversky", "combo")
 
 
-def _check_timm(name: str) -> str:
+def _timm_name(name: str) -> str:
     import timm
 
     if not timm.list_models(name):
@@ -99,7 +99,10 @@ class ClassifierConfig(CascadeStageConfig):
     cutout_holes: tuple[int, int] = (1, 4)
     cutout_length: tuple[float, float] = (0.04, 0.18)  # hole side, fraction of the image side
 
-    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_timm(v)))
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, name: str) -> str:
+        return _timm_name(name)
 
 
 class SegmenterConfig(CascadeStageConfig):
@@ -130,7 +133,10 @@ class SegmenterConfig(CascadeStageConfig):
     combo_ce_ratio: float = Field(0.5, ge=0, le=1)
     combo_beta: float = Field(0.5, ge=0, le=1)
 
-    _encoder = field_validator("encoder")(classmethod(lambda cls, v: _check_timm(v)))
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, name: str) -> str:
+        return _timm_name(name)
 
     @model_validator(mode="after")
     def _some_loss(self) -> SegmenterConfig:
@@ -438,9 +444,29 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
     aug = _augmenter(cfg, inp.seed * 1000 + inp.rank)
     model = segmenter_model(cfg)
     weights, params = cfg.loss_weights(), cfg.loss_params()
+    optimizers: list[torch.optim.Optimizer] = []
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        encoder = list(module.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in module.parameters() if id(p) not in ids]
+        optimizer = torch.optim.Adam(
+            [{"params": encoder, "encoder": True}, {"params": rest}], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        optimizers.append(optimizer)
+        return optimizer
 
     def epoch_start(epoch: int) -> None:
-        model.freeze_encoder(bool(cfg.weights) and epoch <= cfg.frozen_epochs)
+        """Table 4.2's frozen epochs (with loaded weights only): the encoder's BN in eval and
+        its parameter group at lr 0 (``fixed_lr``), which DDP tolerates where
+        ``requires_grad=False`` would not."""
+        frozen = bool(cfg.weights) and epoch <= cfg.frozen_epochs
+        model.freeze_encoder(frozen)
+        for group in optimizers[-1].param_groups:
+            if group.get("encoder"):
+                group["fixed_lr"] = frozen
+                if frozen:
+                    group["lr"] = 0.0
 
     def step(net: nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
         images, masks, _ = (t.to(device, non_blocking=True) for t in batch)
@@ -467,8 +493,7 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
         }  # fmt: skip
 
     return Recipe(
-        stage="segmenter", model=model, train_loader=loader,
-        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        stage="segmenter", model=model, train_loader=loader, make_optimizer=make_optimizer,
         lr_at=lambda s, total: one_cycle(s, total, cfg.lr), step=step, epochs=cfg.epochs, evaluate=evaluate,
         eval_epochs=lambda e: e % cfg.eval_every == 0, monitor="segmenter/val_dice", mode="max",
         patience=cfg.patience, epoch_end=epoch_end, amp=cfg.amp, epoch_start=epoch_start,
@@ -490,15 +515,17 @@ def predict_job(inp: StageInputs, out: Path) -> dict[str, Any]:
         cls_cfg = ClassifierConfig.model_validate(inp.stages["classifier"]).model_copy(update={"weights": None})
         classifier = load_trained(classifier_model(cls_cfg), inp.upstreams["classifier"]).to(device)
     df = splits(inp.data, inp.fold)
+    seg_caches = _caches(inp.data, seg_cfg.image_size)
+    cls_caches = _caches(inp.data, cls_cfg.image_size) if classifier is not None else None
     start = time.perf_counter()
     counts = {}
     for role in ("val", "test"):
         rows = df[df.role == role]
-        seg = _predict_segmenter(segmenter, Radiographs(_caches(inp.data, seg_cfg.image_size), rows), cfg, device)
+        seg = _predict_segmenter(segmenter, Radiographs(seg_caches, rows), cfg, device)
         cls = None
-        if classifier is not None:
-            cls = _predict_classifier(classifier, Radiographs(_caches(inp.data, cls_cfg.image_size), rows), cfg, device)
-        truth = np.stack([_caches(inp.data, seg_cfg.image_size)[1][s] for s in rows.sample_id]).astype(bool)
+        if cls_caches is not None:
+            cls = _predict_classifier(classifier, Radiographs(cls_caches, rows), cfg, device)
+        truth = np.stack([seg_caches[1][s] for s in rows.sample_id]).astype(bool)
         posthoc.save_predictions(out / f"{role}.npz", posthoc.Predictions(seg=seg, truth=truth, cls=cls))
         counts[f"predict/{role}_images"] = float(len(rows))
     return {**counts, "predict/seconds": time.perf_counter() - start}
@@ -649,12 +676,12 @@ METHOD = Method(
         "classifier": {**_TINY, "arch": "resnet18", "lr": 3e-3, "image_size": 128},
         "segmenter": {**_TINY, "encoder": "resnet18", "decoder_channels": [64, 32, 16, 8, 8], "lr": 3e-3},
     },
-    smoke={
-        "classifier": {"epochs": 3, "cutout_from_epoch": 3},
-        "segmenter": {"epochs": 3},
+    smoke={  # enough epochs for the synthetic crescents to be found (a few seconds each)
+        "classifier": {"epochs": 5, "cutout_from_epoch": 4},
+        "segmenter": {"epochs": 10},
     },
     smoke_cases=48,
-    smoke_max_t=3,
+    smoke_max_t=10,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,

@@ -111,12 +111,12 @@ class TimmUNet(nn.Module):
         """Freeze (``True``) or unfreeze the encoder: fastai's frozen epochs of seed 004
         Table 4.2 (6 frozen + 12 unfrozen for the baseline).
 
-        Frozen: encoder parameters get ``requires_grad=False`` and the encoder's BatchNorm
-        layers stay in eval mode (running statistics fixed) even under ``model.train()``.
-        Unlike fastai v1's default ``train_bn=True``, which keeps BN trainable when frozen.
+        Frozen: the encoder's BatchNorm layers stay in eval mode (running statistics fixed)
+        even under ``model.train()`` (fastai v1's default ``train_bn=True`` keeps them
+        training). Parameters keep ``requires_grad``: DDP registers them once, so the caller
+        freezes the weights by giving the encoder's parameter group a learning rate of 0.
         """
         self.encoder_frozen = frozen
-        self.encoder.requires_grad_(not frozen)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TimmUNet:

@@ -1,0 +1,76 @@
+"""End to end on local Ray: seed 004's cascade against its baseline over two folds, then
+the same sweep with only the post-hoc settings changed, which must train nothing (every
+model and the saved predictions come from the stage cache)."""
+
+import io
+import textwrap
+
+import pandas as pd
+import pytest
+
+from raysuite.spec import load_spec
+from raysuite.track import mlflow_runs as track
+
+pytestmark = pytest.mark.e2e
+
+SPEC = """
+name: e2e-cascade
+method: one_case_cascade
+data: {{format: siim_acr, root: {root}, cache_dir: {cache}}}
+stages:
+  classifier: {{epochs: 1}}
+  segmenter: {{epochs: 1}}
+  posthoc: {{pixel_thresholds: [0.3, 0.5, 0.7], cls_thresholds: [0.3, 0.6], min_areas: [0, 16]}}
+search:
+  arms:
+    one_case: {{classifier.enabled: true, segmenter.positives_only: true}}
+    baseline: {{classifier.enabled: false, segmenter.positives_only: false}}
+  repeats: {{fold: 2}}
+objective: {{metric: val/dice_per_image, mode: max, scope: last}}
+resources: {{workers_per_trial: 1, max_concurrent_trials: 2, max_failures: 0}}
+storage: {storage}
+tiny: true
+"""
+
+
+def _artifact(client, run_id, name):
+    path = client.download_artifacts(run_id, name)
+    return pd.read_csv(io.StringIO(open(path).read()))
+
+
+def test_cascade_vs_baseline_then_posthoc_only_change_retrains_nothing(ray_session, tmp_path, siim_root, monkeypatch):
+    from raysuite.tune.sweep import run_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec_path = tmp_path / "spec.yaml"
+    text = textwrap.dedent(SPEC.format(root=siim_root, cache=tmp_path / "cache", storage=tmp_path / "storage"))
+    spec_path.write_text(text)
+    first = run_sweep(load_spec(spec_path))
+    assert not first.failed
+    assert first.stage_runs == {"classifier": 2, "segmenter": 4, "predict": 4}
+    summary = first.summary.set_index("config")
+    assert set(summary.index) == {"one_case", "baseline"} and (summary.n == 2).all()
+    assert summary.metric.eq("val/dice_per_image").all()
+    client = track.client(uri)
+    runs = track.children(client, first.parent_run_id)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        search = _artifact(client, run.info.run_id, "posthoc/val_search.csv")
+        gated = run.data.tags["raysuite.config"] == "one_case"
+        assert len(search) == 3 * (2 if gated else 1) * 2 * 2
+        assert run.data.metrics["val/dice_per_image"] == pytest.approx(search.dice_per_image.max())
+        assert ("val/cls_auc" in run.data.metrics) == gated
+        assert {"test/dice_per_image", "test/tta/dice", "val/argmax/iou"} <= set(run.data.metrics)
+    table = _artifact(client, first.parent_run_id, "table_5_1.csv")
+    assert set(table.postprocessing) == {"ArgMax", "Raw", "TTA"} and set(table.config) == {"one_case", "baseline"}
+
+    spec_path.write_text(text.replace("min_areas: [0, 16]", "min_areas: [0, 8, 32], tta: [flip]"))
+    second = run_sweep(load_spec(spec_path))
+    assert not second.failed
+    assert second.stage_runs == {}  # no model retrained, no prediction recomputed
+    hits = client.get_run(second.parent_run_id).data.metrics
+    assert hits["stage_cache/segmenter_hits"] == 4 and hits["stage_cache/predict_hits"] == 4
+    for run in track.children(client, second.parent_run_id):
+        assert len(_artifact(client, run.info.run_id, "posthoc/val_search.csv")) % 3 == 0
+        assert run.data.metrics["posthoc/tta_flip"] == 1.0
