@@ -33,7 +33,7 @@ def vindr_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def siim_root(tmp_path_factory):
-    """A small synthetic SIIM-ACR dataset (64 training radiographs of 128 px, half with a
+    """A small synthetic SIIM-ACR dataset (64 training radiographs of 128 px, a third with a
     pneumothorax, and 16 unlabelled test images)."""
     from raysuite.data.formats import siim_acr
 

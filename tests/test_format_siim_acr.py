@@ -115,8 +115,8 @@ def siim_root(tmp_path_factory):
     assert counts == {
         "train": 12,
         "test": 3,
-        "positive": 6,
-        "regions": 7,
+        "positive": 4,
+        "regions": 5,
         "patients": 12,
         "csv_rows": 13,
     }

@@ -97,3 +97,16 @@ def test_load_encoder_weights_rejects_other_depth(model, tmp_path):
     torch.save(timm.create_model("resnet34").state_dict(), path)
     with pytest.raises(ValueError, match="unexpected"):
         load_encoder_weights(model, str(path))
+
+
+def test_imagenet_weights_load_into_a_classifier_with_a_new_head(tmp_path):
+    from raysuite.methods.nn.weights import load_imagenet_weights
+
+    path = tmp_path / "resnet18.pth"
+    source = timm.create_model("resnet18").state_dict()
+    torch.save(source, path)
+    model = timm.create_model("resnet18", num_classes=1)
+    head = model.fc.weight.clone()
+    load_imagenet_weights(model, str(path))
+    assert torch.equal(model.layer4[1].conv2.weight, source["layer4.1.conv2.weight"])
+    assert torch.equal(model.fc.weight, head) and model.fc.weight.shape == (1, 512)

@@ -57,6 +57,7 @@ from raysuite.methods.nn import posthoc
 from raysuite.methods.nn.cls_metrics import precision_recall_f1, roc_auc
 from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
+from raysuite.methods.nn.weights import load_imagenet_weights
 from raysuite.train.loop import STATE_FILE, Recipe
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet (fastai imagenet_stats)
@@ -315,20 +316,8 @@ def classifier_model(cfg: ClassifierConfig) -> nn.Module:
 
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=1)
     if cfg.weights:
-        _load_backbone(model, cfg.weights)
+        load_imagenet_weights(model, cfg.weights)
     return model
-
-
-def _load_backbone(model: nn.Module, path: str) -> None:
-    """A local ImageNet state dict of the same architecture; its classifier is dropped and
-    every other key must load."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state))
-    head = {k for k in model.state_dict() if k.split(".")[0] in ("fc", "head", "classifier")}
-    state = {k: v for k, v in state.items() if k not in head and k.split(".")[0] not in ("fc", "head", "classifier")}
-    missing = [k for k in model.load_state_dict(state, strict=False).missing_keys if k not in head]
-    if missing:
-        raise ValueError(f"{path}: weights lack keys of {type(model).__name__}, e.g. {missing[:3]}")
 
 
 def segmenter_model(cfg: SegmenterConfig) -> TimmUNet:

@@ -448,11 +448,13 @@ def synth(
     size: int = 128,
     stage: int = 1,
     jpeg: bool = True,
+    positive_fraction: float = 1 / 3,
 ) -> dict[str, int]:
     """Write a SIIM-ACR-layout dataset of ``cases`` training images (``size`` x ``size``;
     the release is 1024) and ``max(1, cases // 4)`` test images.
 
-    Half the training images (rounded up) show a pneumothorax; the first positive has one
+    A minority of the training images, ``ceil(cases * positive_fraction)`` (the release has
+    22 % positives, seed 004 §4.2), show a pneumothorax; the first positive has one
     in each lung (two CSV rows). Every fourth image is a second study of the previous
     image's patient. Stage 1 writes ``train-rle.csv`` (``"ImageId, EncodedPixels"``, values
     after ``", "``) and leaves the test images unlabelled; ``stage=2`` writes
@@ -467,7 +469,7 @@ def synth(
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     n_test = max(1, cases // 4)
-    positive = rng.permutation(cases) < math.ceil(cases / 2)
+    positive = rng.permutation(cases) < math.ceil(cases * positive_fraction)
     first_positive = int(np.argmax(positive)) if positive.any() else -1
     lines: list[tuple[str, str]] = []
     identity = None

@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.")
+from raysuite.methods.nn.weights import load_imagenet_weights
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -129,27 +129,6 @@ class TimmUNet(nn.Module):
 
 
 def load_encoder_weights(model: TimmUNet, path: str) -> None:
-    """Load a local ImageNet state dict of the encoder's architecture into ``model.encoder``.
-
-    The file holds a torchvision or timm classification model's state dict (keys
-    ``conv1.weight``, ``layer1.0.conv1.weight``, ...), bare or wrapped under ``"state_dict"``
-    or ``"model"``. Classifier keys (``fc.*``, ``classifier.*``, ``head.*``) are dropped. Every
-    encoder key must be present with the same shape, except BatchNorm ``num_batches_tracked``
-    counters (absent from torchvision's older files, e.g. the ResNet-34 fastai v1 used); keys
-    the encoder does not have (another depth of the same family) are an error too. Raises
-    ``ValueError`` naming the file and a few offending keys.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    target = model.encoder.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in target]
-    wrong_shape = [k for k in state if k in target and state[k].shape != target[k].shape]
-    problems = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong_shape}
-    if any(problems.values()):
-        detail = "; ".join(f"{name}: {keys[:5]}" for name, keys in problems.items() if keys)
-        raise ValueError(f"{path} does not match the encoder ({detail})")
-    model.encoder.load_state_dict({**target, **state})
+    """Load a local ImageNet classification state dict of the encoder's architecture into
+    ``model.encoder`` (see :func:`~raysuite.methods.nn.weights.load_imagenet_weights`)."""
+    load_imagenet_weights(model.encoder, path)
