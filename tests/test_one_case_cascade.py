@@ -186,3 +186,10 @@ def test_frozen_epochs_keep_loaded_encoder_weights(siim_root, tmp_path):
     assert torch.equal(states[0]["encoder.bn1.running_mean"], loaded["bn1.running_mean"])
     assert not torch.equal(states[1][key], loaded[key.removeprefix("encoder.")])
     assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])
+
+
+def test_arms_beside_optuna_run_as_their_own_study():
+    from raysuite.tune.sweep import _studies
+
+    spec = load_spec("sweeps/one_case_search.yaml")
+    assert _studies(spec) == ["grid", "optuna"] and not spec.search.grid

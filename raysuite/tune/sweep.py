@@ -93,7 +93,7 @@ def _space(spec: Spec) -> dict[str, Any]:
 
 def _studies(spec: Spec) -> list[str]:
     studies = []
-    if spec.search.grid or not spec.search.optuna:
+    if spec.search.grid or spec.search.arms or not spec.search.optuna:
         studies.append("grid")
     if spec.search.optuna:
         studies.append("optuna")
@@ -104,7 +104,7 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: Mlflo
     method = METHODS[spec.method]
     metric, mode = tune_metric(spec), spec.objective.mode
     scheduler = None
-    # ASHA prunes the search; a grid beside an Optuna study is the baseline arm: run it whole.
+    # ASHA prunes the search; a grid (or arms) beside an Optuna study is the baseline: run it whole.
     if spec.search.scheduler.asha and (study == "optuna" or not spec.search.optuna):
         asha = spec.search.scheduler.asha
         scheduler = ASHAScheduler(
