@@ -165,15 +165,16 @@ class PredictConfig(StageConfig):
 
 
 class PosthocConfig(StageConfig):
-    """§5.2: thresholds and TTA searched on saved validation predictions. Grid defaults:
-    pixel thresholds 0.05..0.95 (the seed searched (0.01, 1)), classifier thresholds
-    0.1..0.9, minimum areas 0/64/256/1024 px at the segmenter's size, TTA none / flip."""
+    """§5.2: thresholds and TTA searched on saved validation predictions. The grid's
+    defaults are :func:`raysuite.methods.nn.posthoc.default_space` (pixel thresholds
+    0.05..0.95 — the seed searched (0.01, 1) —, classifier thresholds 0.1..0.9, minimum
+    areas 0/64/256/1024 px at the segmenter's size, TTA none / flip)."""
 
     search: Literal["grid", "optuna"] = "grid"
-    pixel_thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
-    cls_thresholds: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
-    min_areas: list[int] = Field(default_factory=lambda: [0, 64, 256, 1024])
-    tta: list[Literal["none", "flip"]] = Field(default_factory=lambda: ["none", "flip"])
+    pixel_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.default_space().pixel_thresholds))
+    cls_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.default_space().cls_thresholds))
+    min_areas: list[int] = Field(default_factory=lambda: list(posthoc.default_space().min_areas))
+    tta: list[Literal["none", "flip"]] = Field(default_factory=lambda: list(posthoc.default_space().tta))
     optuna_trials: int = Field(200, ge=1)
     pixel_threshold_range: tuple[float, float] = (0.01, 0.99)
     cls_threshold_range: tuple[float, float] = (0.01, 0.99)
