@@ -50,7 +50,8 @@ def _epochs(client, run_id):
 def test_smoke_sweep_two_ddp_workers(ray_session, mlflow_uri, tmp_path, flare_root):
     from raysuite.tune.sweep import run_sweep
 
-    spec = _spec(tmp_path, flare_root, name="e2e", grid="[[0.3, 0.6], null]", workers=2, failures=1)
+    # one interval x 2 fine-tuning seeds: the no-pretraining arm runs in the resume test
+    spec = _spec(tmp_path, flare_root, name="e2e", grid="[[0.3, 0.6]]", workers=2, failures=1)
     outcome = run_sweep(spec)
     assert not outcome.failed
     assert outcome.stage_runs == {"pretrain": 1}  # two fine-tunings shared one pretraining
@@ -59,15 +60,14 @@ def test_smoke_sweep_two_ddp_workers(ray_session, mlflow_uri, tmp_path, flare_ro
     assert parent.data.tags[track.ROLE] == "sweep" and parent.info.status == "FINISHED"
     assert parent.data.metrics["stage_cache/pretrain_trainings"] == 1
     runs = track.children(client, outcome.parent_run_id)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     for run in runs:
         assert run.data.tags[track.ROLE] == "trial"
         assert [s for s, _ in track.metric_history(client, run.info.run_id, "val/dice")] == [1, 2]
         # the worker failure (seed 1) was retried from its epoch-1 checkpoint, same run
         assert _epochs(client, run.info.run_id) == [1, 2]
-        if run.data.tags["raysuite.config"] != "pretrain.iou_interval=null":
-            assert len(track.metric_history(client, run.info.run_id, "pretrain/collapse")) == 1
-    assert len(outcome.summary) == 2 and set(outcome.summary.n) == {2}
+        assert len(track.metric_history(client, run.info.run_id, "pretrain/collapse")) == 1
+    assert len(outcome.summary) == 1 and set(outcome.summary.n) == {2}
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"summary.csv", "spec.yaml", "training_curves.png"} <= artifacts
 

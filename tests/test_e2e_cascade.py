@@ -1,4 +1,4 @@
-"""End to end on local Ray: seed 004's cascade against its baseline over two folds, then
+"""End to end on local Ray: seed 004's cascade against its baseline on one fold, then
 the same sweep with only the post-hoc settings changed, which must train nothing (every
 model and the saved predictions come from the stage cache)."""
 
@@ -25,7 +25,7 @@ search:
   arms:
     one_case: {{classifier.enabled: true, segmenter.positives_only: true}}
     baseline: {{classifier.enabled: false, segmenter.positives_only: false}}
-  repeats: {{fold: 2}}
+  repeats: {{fold: 1}}
 objective: {{metric: val/dice_per_image, mode: max, scope: last}}
 resources: {{workers_per_trial: 1, max_concurrent_trials: 2, max_failures: 0}}
 storage: {storage}
@@ -38,7 +38,7 @@ def _artifact(client, run_id, name):
     return pd.read_csv(io.StringIO(open(path).read()))
 
 
-def test_cascade_vs_baseline_then_posthoc_only_change_retrains_nothing(ray_session, tmp_path, siim_root, monkeypatch):
+def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(ray_session, tmp_path, siim_root, monkeypatch):
     from raysuite.tune.sweep import run_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -48,13 +48,14 @@ def test_cascade_vs_baseline_then_posthoc_only_change_retrains_nothing(ray_sessi
     spec_path.write_text(text)
     first = run_sweep(load_spec(spec_path))
     assert not first.failed
-    assert first.stage_runs == {"classifier": 2, "segmenter": 4, "predict": 4}
+    assert first.stage_runs == {"classifier": 1, "segmenter": 2, "predict": 2}
     summary = first.summary.set_index("config")
-    assert set(summary.index) == {"one_case", "baseline"} and (summary.n == 2).all()
+    assert set(summary.index) == {"one_case", "baseline"} and (summary.n == 1).all()
     assert summary.metric.eq("val/dice_per_image").all()
     client = track.client(uri)
     runs = track.children(client, first.parent_run_id)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["raysuite.repeat"] for r in runs} == {'{"fold": 0}'}
     for run in runs:
         search = _artifact(client, run.info.run_id, "posthoc/val_search.csv")
         gated = run.data.tags["raysuite.config"] == "one_case"
@@ -70,7 +71,7 @@ def test_cascade_vs_baseline_then_posthoc_only_change_retrains_nothing(ray_sessi
     assert not second.failed
     assert second.stage_runs == {}  # no model retrained, no prediction recomputed
     hits = client.get_run(second.parent_run_id).data.metrics
-    assert hits["stage_cache/segmenter_hits"] == 4 and hits["stage_cache/predict_hits"] == 4
+    assert hits["stage_cache/segmenter_hits"] == 2 and hits["stage_cache/predict_hits"] == 2
     for run in track.children(client, second.parent_run_id):
         assert len(_artifact(client, run.info.run_id, "posthoc/val_search.csv")) % 3 == 0
         assert run.data.metrics["posthoc/tta_flip"] == 1.0
