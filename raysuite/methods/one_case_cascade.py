@@ -668,7 +668,7 @@ METHOD = Method(
     },
     smoke={  # enough epochs for the synthetic crescents to be found (a few seconds each)
         "classifier": {"epochs": 5, "cutout_from_epoch": 4},
-        "segmenter": {"epochs": 10},
+        "segmenter": {"epochs": 10, "batch_size": 4},  # ~10 positives: a few steps per epoch
     },
     smoke_cases=48,
     smoke_max_t=10,
