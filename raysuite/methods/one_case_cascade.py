@@ -610,8 +610,7 @@ def _classifier_metrics(split: str, pred: posthoc.Predictions, params: dict[str,
     """AUC of the classifier (under the chosen TTA) and its gate's precision/recall/F1."""
     if pred.cls is None:
         return {}
-    probs = pred.cls.mean(1) if params["tta"] == "flip" else pred.cls[:, 0]
-    out = {f"{split}/cls_auc": roc_auc(probs, pred.labels)}
+    out = {f"{split}/cls_auc": roc_auc(posthoc.tta_cls_probability(pred.cls, params["tta"]), pred.labels)}
     out.update({f"{split}/{k}": float(result[k]) for k in ("cls_precision", "cls_recall", "cls_f1")})
     return out
 

@@ -27,6 +27,8 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
+from raysuite.methods.nn.cls_metrics import precision_recall_f1
+
 TTA_MODES = ("none", "flip")
 # number of quantisation steps of the TTA probability: one uint8 level, or the sum of two
 _SCALE = {"none": 255, "flip": 510}
@@ -209,26 +211,15 @@ def segmentation_scores(
     }
 
 
-def _ratio(num: int, den: int) -> float:
-    return num / den if den else math.nan
-
-
 def classifier_scores(
     cls_prob: np.ndarray, labels: np.ndarray, threshold: float
 ) -> dict[str, float]:
-    """Precision, recall and F1 of the gate ``cls_prob >= threshold`` against ``labels``.
-
-    ``cls_prob``: (N,) float; ``labels``: (N,) bool. An undefined ratio (0/0) is NaN.
+    """Precision, recall and F1 of the gate ``cls_prob >= threshold`` against ``labels``
+    (:func:`~raysuite.methods.nn.cls_metrics.precision_recall_f1`, its conventions for
+    empty denominators), keys prefixed ``cls_``. ``cls_prob``: (N,) float; ``labels``: (N,) bool.
     """
-    positive = cls_prob >= threshold
-    tp = int((positive & labels).sum())
-    fp = int((positive & ~labels).sum())
-    fn = int((~positive & labels).sum())
-    return {
-        "cls_precision": _ratio(tp, tp + fp),
-        "cls_recall": _ratio(tp, tp + fn),
-        "cls_f1": _ratio(2 * tp, 2 * tp + fp + fn),
-    }
+    scores = precision_recall_f1(cls_prob >= threshold, labels)
+    return {f"cls_{k}": v for k, v in scores.items()}
 
 
 class StatsCache:
