@@ -58,6 +58,7 @@ from raysuite.methods.nn.cls_metrics import precision_recall_f1, roc_auc
 from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
 from raysuite.methods.nn.weights import load_imagenet_weights
+from raysuite.report.summary import summarise
 from raysuite.train.loop import STATE_FILE, Recipe
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet (fastai imagenet_stats)
@@ -355,11 +356,7 @@ def _augmenter(cfg: CascadeStageConfig, seed: int) -> Callable[[torch.Tensor, to
     config = AugmentConfig() if cfg.augment else AugmentConfig.none()
     generator = torch.Generator().manual_seed(seed)
 
-    def apply(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, masks = augment(images, masks, config, generator)
-        return out, masks
-
-    return apply
+    return lambda images, masks: augment(images, masks, config, generator)
 
 
 def _probabilities(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -576,9 +573,10 @@ def posthoc_job(inp: StageInputs, out: Path) -> dict[str, Any]:
     chosen["argmax"] = dict(posthoc.ARGMAX)
     metrics: dict[str, Any] = {}
     table_rows = []
+    caches = {"val": posthoc.StatsCache(val), "test": posthoc.StatsCache(test)}  # pixel passes shared by the rows
     for name, params in chosen.items():
         for split, pred in (("val", val), ("test", test)):
-            result = posthoc.evaluate(pred, **params)
+            result = posthoc.evaluate(pred, **params, cache=caches[split])
             prefix = split if name == "overall" else f"{split}/{name}"
             metrics.update({f"{prefix}/{k}": float(result[k]) for k in SCORES})
             if name == "overall":
@@ -620,22 +618,22 @@ def _classifier_metrics(split: str, pred: posthoc.Predictions, params: dict[str,
 
 def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
     """The seed's Table 5.1 on the parent run: per configuration (arm) and post-processing
-    row, mean ± std over folds of Dice per image, Dice and IoU on the validation folds and
-    on the test split."""
-    rows = []
-    for config, group in trials.groupby("config", sort=False):
-        for key, label in ROWS.items():
-            row = {"config": config, "postprocessing": label, "n": len(group)}
-            for split in ("val", "test"):
-                for score in SCORES:
-                    column = f"{split}/{key}/{score}"
-                    values = group[column].dropna() if column in group else pd.Series(dtype=float)
-                    row[f"{split} {score}"] = f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}" if len(values) else ""
-            rows.append(row)
+    row, mean ± std over folds (:func:`~raysuite.report.summary.summarise`) of Dice per
+    image, Dice and IoU on the validation folds and on the test split."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, label in ROWS.items():
+        for split in ("val", "test"):
+            for score in SCORES:
+                column = f"{split}/{key}/{score}"
+                if column not in trials:
+                    continue
+                for r in summarise(trials, column).to_dict("records"):
+                    row = rows.setdefault((r["config"], label), {"config": r["config"], "postprocessing": label, "n": r["n"]})
+                    row[f"{split} {score}"] = r["mean ± std"]
     if not rows:
         return []
     path = out / "table_5_1.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
+    pd.DataFrame(sorted(rows.values(), key=lambda r: r["config"])).to_csv(path, index=False)
     return [path]
 
 
