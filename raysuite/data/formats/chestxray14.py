@@ -465,6 +465,10 @@ _SIGNATURES: dict[str, tuple[float, float, float, float, str, float]] = {
 }
 
 
+# finding centres move this far (fraction of the image), so where is read from the image
+_JITTER = 0.08
+
+
 def _ellipse(
     xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, rx: float, ry: float
 ) -> np.ndarray:
@@ -488,7 +492,7 @@ def phantom(
     where = {}
     for label in labels:
         cx, cy, rx, ry, kind, amp = _SIGNATURES[label]
-        cx, cy = cx + rng.normal(0, 0.012), cy + rng.normal(0, 0.012)
+        cx, cy = cx + rng.uniform(-_JITTER, _JITTER), cy + rng.uniform(-_JITTER, _JITTER)
         rx, ry = rx * rng.uniform(0.9, 1.1), ry * rng.uniform(0.9, 1.1)
         r2 = _ellipse(xx, yy, cx, cy, rx, ry)
         inside = r2 < 1
