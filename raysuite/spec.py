@@ -308,6 +308,11 @@ def check_stages(spec: Spec, path: Any = None) -> None:
             configs = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
             for field, message in method.check(configs):
                 raise SpecError(path, f"search.grid.{key}[{i}]", f"{field}: {message}")
+    if spec.search.arms and spec.search.grid:  # an arm may clash with a grid value only together
+        for point in grid_points(spec):
+            configs = resolve_stage_configs(spec, point, path, f"search.arms.{point[ARM]}", base=base)
+            for field, message in method.check(configs):
+                raise SpecError(path, f"search.arms.{point[ARM]}", f"{field}: {message} (with {config_label(point)})")
     if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
         raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
     if spec.search.scheduler.asha and spec.search.scheduler.asha.max_t < spec.search.scheduler.asha.grace_period:
@@ -342,7 +347,9 @@ def resolve_stage_configs(
             cfg = stage_def.config.model_validate(raw.get(stage, {}))
         except ValidationError as err:
             first = err.errors()[0]
-            parts = [where, stage] if where == "stages" else [where]
+            # "stages.<stage>.<field>" and "search.arms.<arm>.<stage>.<field>"; a grid axis
+            # ("search.grid.<stage>.<field>[i]") already names its stage and field
+            parts = [where] if where.endswith("]") else [where, stage]
             key = ".".join(p for p in [*parts, _loc(first["loc"])] if p)
             raise SpecError(path, key, first["msg"]) from None
         resolved[stage] = cfg.model_dump(mode="json", exclude_none=False)

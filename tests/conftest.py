@@ -43,6 +43,18 @@ def siim_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def cxr14_root(tmp_path_factory):
+    """A small synthetic ChestX-ray14 dataset (90 patients, 181 radiographs of 128 px, 37
+    with boxes)."""
+    from raysuite.data.formats import chestxray14
+
+    root = tmp_path_factory.mktemp("chestxray14")
+    chestxray14.synth(root, cases=90, seed=0, size=128)
+    (root / ".raysuite-complete").write_text("synthetic\n")
+    return root
+
+
 @pytest.fixture
 def data_root(request):
     """The synthetic root of a data format: ``data_root(format)``."""

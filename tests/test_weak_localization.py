@@ -1,0 +1,203 @@
+"""weak_localization (seed 003): the fold / unannotated split, spec checks and stage keys,
+the Table 1 report, and a TINY run whose localisation beats constant predictors."""
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raysuite.methods import METHODS
+from raysuite.methods import weak_localization as wl
+from raysuite.methods.base import StageInputs
+from raysuite.methods.nn.loc_metrics import localisation_table
+from raysuite.plan import POINT, decode, grid_config_count, plan
+from raysuite.spec import SpecError, load_spec
+from raysuite.train.loop import fit, seed_everything
+from raysuite.train.runtime import LocalRuntime
+
+METHOD = METHODS["weak_localization"]
+
+SPEC = """
+name: t
+method: weak_localization
+data: {{format: chestxray14, root: {root}, cache_dir: {cache}}}
+search:
+  arms:
+    ours: {{train.loss: seed, crf.enabled: true}}
+    li_base: {{train.loss: li, train.antialias: false, crf.enabled: false}}
+  grid: {{train.unannotated_fraction: [0.0, 0.2]}}
+  repeats: {{fold: 2}}
+objective: {{metric: val/loc_acc_iou, scope: last}}
+tiny: true
+"""
+
+
+@pytest.fixture
+def data(cxr14_root, tmp_path):
+    return {"format": "chestxray14", "root": str(cxr14_root), "cache_dir": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def spec_path(tmp_path, cxr14_root):
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(SPEC.format(root=cxr14_root, cache=tmp_path / "cache")))
+    return path
+
+
+def test_folds_cover_the_annotated_images_and_draws_are_nested(data):
+    tables = {(k, f): wl.splits(data, k, f) for k in range(5) for f in (0.0, 0.2, 0.5)}
+    first = tables[0, 0.0]
+    annotated = set(first.sample_id[first.annotated])
+    vals = [set(tables[k, 0.0].sample_id[tables[k, 0.0].role == "val"]) for k in range(5)]
+    assert set().union(*vals) == annotated and sum(map(len, vals)) == len(annotated)
+    for (k, f), t in tables.items():
+        train = t[t.role == "train"]
+        assert set(train.sample_id[train.annotated]) == annotated - vals[k]
+        assert not set(t.patient_key[t.role == "val"]) & set(train.patient_key)
+        drawn = set(train.sample_id[~train.annotated])
+        assert len(drawn) <= round(f * (~t.annotated).sum())
+        assert f > 0 or not drawn
+    for k in range(5):
+        small = set(
+            tables[k, 0.2].sample_id[(tables[k, 0.2].role == "train") & ~tables[k, 0.2].annotated]
+        )
+        large = set(
+            tables[k, 0.5].sample_id[(tables[k, 0.5].role == "train") & ~tables[k, 0.5].annotated]
+        )
+        assert small < large
+
+
+def test_arms_grid_and_folds_plan_and_keys(spec_path):
+    spec = load_spec(spec_path)
+    plans = [plan(spec, *decode(spec, {POINT: i})) for i in range(grid_config_count(spec))]
+    assert len(plans) == 2 * 2 * 2
+    assert {p.label.split(",")[0] for p in plans} == {"ours", "li_base"}
+    ours = [p for p in plans if p.label.startswith("ours")]
+    assert all(p.configs["train"]["antialias"] and p.configs["crf"]["enabled"] for p in ours)
+    li = [p for p in plans if p.label.startswith("li_base")]
+    assert all(
+        p.configs["train"]["loss"] == "li" and not p.configs["train"]["antialias"] for p in li
+    )
+    # a CRF change keeps the trained base model; folds and unannotated shares do not
+    base = plan(spec, {"arm": "ours", "train.unannotated_fraction": 0.0}, {"fold": 0})
+    crf = plan(
+        spec, {"arm": "ours", "train.unannotated_fraction": 0.0, "crf.steps": 2}, {"fold": 0}
+    )
+    assert crf.keys["train"] == base.keys["train"] and crf.keys["crf"] != base.keys["crf"]
+    other = plan(spec, {"arm": "ours", "train.unannotated_fraction": 0.2}, {"fold": 0})
+    assert other.keys["train"] != base.keys["train"] and other.keys["crf"] != base.keys["crf"]
+    assert (
+        plan(spec, {"arm": "ours", "train.unannotated_fraction": 0.0}, {"fold": 1}).keys["train"]
+        != base.keys["train"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (("grid: {train.unannotated_fraction: [0.0, 0.2]}", "grid: {train.tau_per_class.Hernia: [0.3]}"),
+         "search.grid.train.tau_per_class.Hernia[0]"),
+        (("grid: {train.unannotated_fraction: [0.0, 0.2]}", "grid: {train.thresholds: [alternate]}"),
+         "search.arms.li_base"),  # Li's loss has no thresholds to alternate
+        (("grid: {train.unannotated_fraction: [0.0, 0.2]}", "grid: {train.unannotated_fraction: [1.2]}"),
+         "search.grid.train.unannotated_fraction[0]"),
+        (("crf.enabled: true}", "crf.size: 4}"), "search.arms.ours.crf.size"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_refused_with_their_key(spec_path, edit, key):
+    spec_path.write_text(spec_path.read_text().replace(*edit))
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_path)
+    assert err.value.key.startswith(key)
+
+
+def test_shipped_sweeps_load_and_per_class_thresholds_resolve():
+    for name in ("weak_loc_unannotated", "weak_loc_thresholds"):
+        spec = load_spec(f"sweeps/{name}.yaml")
+        assert spec.method == "weak_localization" and spec.objective.metric == "val/loc_acc_iou"
+    cfg = wl.TrainConfig(tau=0.4, tau_per_class={"Nodule": 0.8}, rho_hat_per_class={"Hernia": 3.0})
+    t = cfg.threshold_set()
+    assert t.tau[wl.CLASSES.index("Nodule")] == pytest.approx(0.8) and t.tau[0] == pytest.approx(
+        0.4
+    )
+    assert t.rho_hat[wl.CLASSES.index("Hernia")] == 3.0 and t.rho_hat[0] == 1.0
+
+
+def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):
+    rows = []
+    for config, un, loss in (("ours, un=0", 0.0, "seed"), ("li_base, un=0", 0.0, "li")):
+        for shift in (0.0, 0.2):  # two folds
+            row = {"config_id": config, "config": config, "param.stages.train.unannotated_fraction": str(un),
+                   "param.stages.train.loss": loss, "param.stages.crf.enabled": str(loss == "seed"),
+                   "param.stages.train.antialias": "True", "objective": 0.5 + shift, "val/loc_acc_ior": 0.6 + shift}  # fmt: skip
+            row.update({f"val/loc_acc_iou/{c}": 0.4 + shift for c in wl.BOX_CLASSES})
+            row.update({f"val/loc_acc_ior/{c}": 0.6 + shift for c in wl.BOX_CLASSES})
+            rows.append(row)
+    [path] = wl.report(pd.DataFrame(rows), tmp_path, "val/loc_acc_iou")
+    table = pd.read_csv(path)
+    assert list(table.columns[:6]) == ["accuracy", "config", "un[%]", "loss", "crf", "antialias"]
+    assert list(table.accuracy) == ["IoU", "IoU", "IoR", "IoR"]
+    assert list(table.columns[-9:]) == [*wl.BOX_CLASSES, "mean"]
+    iou = table[table.accuracy == "IoU"].iloc[0]
+    assert iou["Nodule"] == "0.5000 ± 0.1414" and iou["mean"] == "0.6000 ± 0.1414" and iou["n"] == 2
+
+
+def _inputs(stage, data, upstreams=None, train=None, **extra):
+    configs = {
+        s: {**METHOD.tiny.get(s, {}), **(extra if s == stage else {})} for s in METHOD.stages
+    }
+    if train is not None:
+        configs["train"] = {**configs["train"], **train}
+    configs = {s: METHOD.stages[s].config.model_validate(c) for s, c in configs.items()}
+    dumped = {s: c.model_dump(mode="json") for s, c in configs.items()}
+    return StageInputs(
+        configs[stage], data, None, 0, stages=dumped, upstreams=upstreams or {}, fold=0
+    )
+
+
+def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):
+    """The seed's loss with alternating thresholds, then a CRF epoch: the loss falls and the
+    held-out fold's localisation accuracy beats predicting every patch, or none."""
+    seed_everything(0)
+    train = {
+        "epochs": 8,
+        "unannotated_fraction": 0.5,
+        "thresholds": "alternate",
+        "alternate_every": 3,
+    }
+    runtime = LocalRuntime(tmp_path / "ck")
+    fit(METHOD.stages["train"].recipe(_inputs("train", data, **train)), runtime)
+    losses = [r["train/loss"] for r in runtime.reports]
+    assert losses[-1] < 0.5 * losses[0]
+    taus = [r["train/tau_mean"] for r in runtime.reports]
+    assert taus[0] == pytest.approx(0.5) and taus[-1] != pytest.approx(0.5)  # fitted after epoch 3
+
+    df = wl.splits(data, 0, 0.5)
+    val = df[df.role == "val"].to_dict("records")
+    boxes = [wl._class_boxes(r, 8) for r in val]
+    constant = {
+        name: np.mean([a["acc_iou"] for a in localisation_table(z, boxes, wl.CLASSES).values()])
+        for name, z in (
+            ("all", np.ones((len(val), 14, 8, 8))),
+            ("none", np.zeros((len(val), 14, 8, 8))),
+        )
+    }
+    final = runtime.reports[-1]
+    assert final["val/loc_acc_iou"] > max(constant.values()) + 0.3, constant
+    assert final["val/loc_acc_ior"] >= final["val/loc_acc_iou"]
+    assert {f"val/loc_acc_iou/{c}" for c in wl.BOX_CLASSES} & set(final)
+
+    crf_runtime = LocalRuntime(tmp_path / "ck-crf")
+    fit(
+        METHOD.stages["crf"].recipe(
+            _inputs("crf", data, {"train": runtime.checkpoints[-1]}, train=train, epochs=1)
+        ),
+        crf_runtime,
+    )
+    report = crf_runtime.reports[-1]
+    assert report["crf/trial/epoch"] == 9.0 and np.isfinite(report["crf/loss"])
+    assert 0.0 <= report["val/loc_acc_iou"] <= 1.0 and "crf/val_loc_acc_iou" in report
+    assert report["crf/tau_mean"] == pytest.approx(
+        taus[-1]
+    )  # the CRF continues with the fitted thresholds
