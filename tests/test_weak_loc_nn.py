@@ -241,9 +241,8 @@ def test_pac_crf_step_matches_a_direct_sum():
                             continue
                         g = torch.exp(-0.5 * ((f[0, :, y, x] - f[0, :, yy, xx]) ** 2).sum())
                         for i in range(k):
-                            expected[0, o, y, x] += (
-                                g * crf.compat[o, i, dy + r, dx + r] * q[0, i, yy, xx]
-                            )
+                            weight = crf.compat[o, i, dy + r, dx + r] / size**2  # window mean
+                            expected[0, o, y, x] += g * weight * q[0, i, yy, xx]
     assert torch.allclose(crf(unary, f), expected, atol=1e-5)
     kernel = gaussian_kernel(f, size)
     assert kernel.shape == (1, 1, size * size, p * p) and kernel[0, 0, size * size // 2].eq(1).all()

@@ -131,16 +131,19 @@ def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):
             row = {"config_id": config, "config": config, "param.stages.train.unannotated_fraction": str(un),
                    "param.stages.train.loss": loss, "param.stages.crf.enabled": str(loss == "seed"),
                    "param.stages.train.antialias": "True", "objective": 0.5 + shift, "val/loc_acc_ior": 0.6 + shift}  # fmt: skip
-            row.update({f"val/loc_acc_iou/{c}": 0.4 + shift for c in wl.BOX_CLASSES})
-            row.update({f"val/loc_acc_ior/{c}": 0.6 + shift for c in wl.BOX_CLASSES})
+            row.update({f"val/loc_acc_iou/{c}": 0.4 + shift for c in wl.BOX_CLASSES if c != "Pneumothorax"})
+            row.update({f"val/loc_acc_ior/{c}": 0.6 + shift for c in wl.BOX_CLASSES if c != "Nodule" or shift})
             rows.append(row)
     [path] = wl.report(pd.DataFrame(rows), tmp_path, "val/loc_acc_iou")
     table = pd.read_csv(path)
-    assert list(table.columns[:6]) == ["accuracy", "config", "un[%]", "loss", "crf", "antialias"]
+    assert list(table.columns[:7]) == ["accuracy", "config", "un[%]", "loss", "crf", "antialias", "folds"]
     assert list(table.accuracy) == ["IoU", "IoU", "IoR", "IoR"]
     assert list(table.columns[-9:]) == [*wl.BOX_CLASSES, "mean"]
     iou = table[table.accuracy == "IoU"].iloc[0]
-    assert iou["Nodule"] == "0.5000 ± 0.1414" and iou["mean"] == "0.6000 ± 0.1414" and iou["n"] == 2
+    assert iou["Nodule"] == "0.5000 ± 0.1414" and iou["mean"] == "0.6000 ± 0.1414" and iou["folds"] == 2
+    assert pd.isna(iou["Pneumothorax"])  # no fold evaluated it: the column stays, empty
+    ior = table[table.accuracy == "IoR"].iloc[0]
+    assert ior["Nodule"] == "0.8000 ± 0.0000" and ior["folds"] == 2
 
 
 def _inputs(stage, data, upstreams=None, train=None, **extra):

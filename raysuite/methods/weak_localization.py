@@ -504,11 +504,12 @@ TABLE_SCORES = {"IoU": "val/loc_acc_iou", "IoR": "val/loc_acc_ior"}
 
 def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
     """The seed's Table 1 on the parent run (``table_1.csv``): per accuracy (IoU, IoR) and
-    configuration, the unannotated share, loss, CRF and anti-aliasing, then mean ± std over
-    folds of each box class's accuracy and of their mean."""
+    configuration, the unannotated share, loss, CRF and anti-aliasing, the number of folds,
+    then mean ± std over folds of each box class's accuracy (empty where no evaluated fold
+    had the class) and of their mean."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for accuracy, prefix in TABLE_SCORES.items():
-        for column in [*(f"{prefix}/{c}" for c in BOX_CLASSES), prefix]:
+        for column in [prefix, *(f"{prefix}/{c}" for c in BOX_CLASSES)]:  # the mean first: its n
             source = "objective" if column == metric else column
             if source not in trials:
                 continue
@@ -518,15 +519,15 @@ def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
                     "accuracy": accuracy, "config": r["config"],
                     "un[%]": 100 * float(first.get("param.stages.train.unannotated_fraction", "nan")),
                     "loss": first.get("param.stages.train.loss"), "crf": first.get("param.stages.crf.enabled"),
-                    "antialias": first.get("param.stages.train.antialias"), "n": r["n"],
+                    "antialias": first.get("param.stages.train.antialias"), "folds": r["n"],
                 })  # fmt: skip
                 row[column.removeprefix(prefix).lstrip("/") or "mean"] = r["mean ± std"]
     if not rows:
         return []
+    columns = ["accuracy", "config", "un[%]", "loss", "crf", "antialias", "folds", *BOX_CLASSES, "mean"]
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: (r["accuracy"] != "IoU", r["un[%]"], r["config"])))
     path = out / "table_1.csv"
-    pd.DataFrame(
-        sorted(rows.values(), key=lambda r: (r["accuracy"] != "IoU", r["un[%]"], r["config"]))
-    ).to_csv(path, index=False)
+    table.reindex(columns=columns).to_csv(path, index=False)
     return [path]
 
 
@@ -570,9 +571,10 @@ METHOD = Method(
         },
         "crf": {**_TINY, "size": 7, "steps": 3, "hidden": 32, "feature_channels": 8, "lr": 3e-3},
     },
-    smoke={"train": {"epochs": 6, "alternate_every": 2}, "crf": {"epochs": 2}},
+    # ~20 annotated training images a fold: batch 4 gives a few steps an epoch per DDP worker
+    smoke={"train": {"epochs": 10, "batch_size": 4, "alternate_every": 3}, "crf": {"epochs": 2, "batch_size": 4}},
     smoke_cases=60,
-    smoke_max_t=6,
+    smoke_max_t=10,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,

@@ -8,10 +8,13 @@ features f times a learned inter-class compatibility that varies with the spatia
 over a window Omega (19 x 19 in the seed) around each patch, without the patch itself.
 Mean-field steps update the logits as
 
-    x_j^k <- u_j^k + sum_{l in Omega(j), l != j} G(f_j, f_l) sum_{k'} W_{k k'}(xi_l - xi_j) q_l^{k'},
+    x_j^k <- u_j^k + |Omega|^-1 sum_{l in Omega(j), l != j} G(f_j, f_l) sum_{k'} W_{k k'}(xi_l - xi_j) q_l^{k'},
     q = sigmoid(x),
 
-starting from q = sigmoid(u). W starts at zero, so an untrained CRF returns the unary.
+starting from q = sigmoid(u). W starts at zero, so an untrained CRF returns the unary. The
+message is averaged over the |Omega| window taps (ours; the seed does not say): summed over
+a 19 x 19 window and K classes, one Adam step on every tap of W would move a logit by
+hundreds of times the learning rate and wipe out the converged unary in a few steps.
 """
 
 from __future__ import annotations
@@ -53,11 +56,12 @@ class PacCrf(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def message(self, q: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """sum_l G_jl sum_k' W_kk'(xi_l - xi_j) q_l^k': q (B, K, P, P), kernel (B, 1, S^2, P^2) -> (B, K, P, P)."""
+        """|Omega|^-1 sum_l G_jl sum_k' W_kk'(xi_l - xi_j) q_l^k': q (B, K, P, P), kernel
+        (B, 1, S^2, P^2) -> (B, K, P, P)."""
         b, k, p, r = q.shape
         s2 = self.size * self.size
         windows = F.unfold(q, self.size, padding=self.size // 2).view(b, k, s2, p * r) * kernel
-        weight = (self.compat * self.mask).view(k, k * s2)
+        weight = (self.compat * self.mask).view(k, k * s2) / s2
         return torch.einsum("om,bmn->bon", weight, windows.view(b, k * s2, p * r)).view(b, k, p, r)
 
     def forward(self, unary: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
