@@ -393,7 +393,7 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
             for x, labels, annotated, boxes in DataLoader(
                 dataset, batch_size=cfg.batch_size, shuffle=False
             ):
-                z = torch.sigmoid(model(to_input(x.to(device), prep)).float())
+                z = torch.sigmoid(_logits(model, x.to(device), prep, cfg.amp))
                 stats.add(z, labels.to(device), annotated.to(device), boxes.to(device))
         model.train(was_training)
         fitted = stats.fit(
@@ -403,7 +403,7 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
             train_cfg.fit_margin_hat,
             train_cfg.grid**2,
         )
-        thresholds.set(ThresholdSet(**{k: getattr(fitted, k).to(device) for k in THRESHOLD_NAMES}))
+        thresholds.set(fitted)
 
     def epoch_start(epoch: int) -> None:
         state["epoch"] = epoch
@@ -433,7 +433,7 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
 
     def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
         return evaluate_grid(
-            net, val_loader, val_rows, prep, train_cfg.loss, cfg.loc_threshold, device, stage
+            net, val_loader, val_rows, prep, train_cfg.loss, cfg.loc_threshold, device, stage, cfg.amp
         )
 
     total_epochs = cfg.epochs
@@ -446,8 +446,15 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
     )  # fmt: skip
 
 
+def _logits(net: nn.Module, images: torch.Tensor, prep: cxr14.Preprocessing, amp: bool) -> torch.Tensor:
+    """(B, 1, S, S) images in [0, 1] -> (B, K, P, P) float32 logits (fp16 autocast on CUDA with ``amp``)."""
+    cuda = images.device.type == "cuda"
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp and cuda):
+        return net(to_input(images, prep)).float()
+
+
 def evaluate_grid(net: nn.Module, loader: DataLoader, rows: list[dict[str, Any]], prep: cxr14.Preprocessing,
-                  loss: str, threshold: float, device: torch.device, stage: str) -> dict[str, float]:  # fmt: skip
+                  loss: str, threshold: float, device: torch.device, stage: str, amp: bool) -> dict[str, float]:  # fmt: skip
     """§4's evaluation on the validation fold: localisation accuracy (IoU / IoR >= T) per
     box class and their mean, image-level AUC per class and their mean."""
     was_training = net.training
@@ -455,7 +462,7 @@ def evaluate_grid(net: nn.Module, loader: DataLoader, rows: list[dict[str, Any]]
     zs, scores, labels = [], [], []
     with torch.no_grad():
         for x, y, _, _ in loader:
-            logits = net(to_input(x.to(device), prep)).float()
+            logits = _logits(net, x.to(device), prep, amp)
             zs.append(torch.sigmoid(logits).cpu().numpy())
             scores.append(image_scores(logits, loss).cpu().numpy())
             labels.append(y.numpy())
