@@ -58,7 +58,12 @@ def cxr14_root(tmp_path_factory):
 @pytest.fixture
 def data_root(request):
     """The synthetic root of a data format: ``data_root(format)``."""
-    fixtures = {"flare22": "flare_root", "vindr_cxr": "vindr_root", "siim_acr": "siim_root"}
+    fixtures = {
+        "flare22": "flare_root",
+        "vindr_cxr": "vindr_root",
+        "siim_acr": "siim_root",
+        "chestxray14": "cxr14_root",
+    }
     return lambda fmt: request.getfixturevalue(fixtures[fmt])
 
 

@@ -6,22 +6,27 @@ import torch
 
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
-from raysuite.train.loop import fit, seed_everything
+from raysuite.train.loop import STATE_FILE, fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
 
-def _inputs(method, stage, root, tmp_path, **extra):
-    cfg = method.stages[stage].config.model_validate({**method.tiny.get(stage, {}), **method.smoke.get(stage, {}), **extra})
+def _inputs(method, stage, root, tmp_path, upstreams=None, **extra):
+    """TINY with the smoke preset on top (small images and batches), ``extra`` on ``stage``."""
+    overrides = {name: {**method.smoke.get(name, {})} for name in method.stages}
+    overrides.setdefault(stage, {}).update(extra)
     data = {"format": method.data_format, "root": str(root), "cache_dir": str(tmp_path / "cache")}
-    return StageInputs(cfg, data, None, 0)
+    return method.tiny_inputs(stage, data, overrides, upstreams)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_one_step_changes_parameters(name, data_root, tmp_path):
+    """Each stage in turn, its weights saved as the next stage's upstream checkpoint."""
     method = METHODS[name]
     seed_everything(0)
+    upstreams = {}
     for stage in [s for s, d in method.stages.items() if d.recipe is not None]:
-        recipe = method.stages[stage].recipe(_inputs(method, stage, data_root(method.data_format), tmp_path))
+        inputs = _inputs(method, stage, data_root(method.data_format), tmp_path, upstreams=dict(upstreams))
+        recipe = method.stages[stage].recipe(inputs)
         model = recipe.model
         before = [p.detach().clone() for p in model.parameters()]
         optimizer = recipe.make_optimizer(model)
@@ -30,6 +35,9 @@ def test_one_step_changes_parameters(name, data_root, tmp_path):
         out["loss"].backward()
         optimizer.step()
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), stage
+        (tmp_path / stage).mkdir()
+        torch.save({"model": model.state_dict()}, tmp_path / stage / STATE_FILE)
+        upstreams[stage] = tmp_path / stage
 
 
 def test_finetune_learns_and_pretrained_encoder_loads_strictly(flare_root, tmp_path):

@@ -10,7 +10,6 @@ import torch
 
 from raysuite.methods import METHODS
 from raysuite.methods import one_case_cascade as occ
-from raysuite.methods.base import StageInputs
 from raysuite.plan import POINT, decode, grid_config_count, plan
 from raysuite.spec import SpecError, load_spec
 from raysuite.train.loop import STATE_FILE, fit, seed_everything
@@ -125,10 +124,7 @@ def test_one_cycle_matches_fastai_shape():
 
 
 def _inputs(stage, data, upstreams=None, **extra):
-    configs = {s: {**METHOD.tiny.get(s, {}), **(extra if s == stage else {})} for s in METHOD.stages}
-    configs = {s: METHOD.stages[s].config.model_validate(c) for s, c in configs.items()}
-    dumped = {s: c.model_dump(mode="json") for s, c in configs.items()}
-    return StageInputs(configs[stage], data, None, 0, stages=dumped, upstreams=upstreams or {}, fold=0)
+    return METHOD.tiny_inputs(stage, data, {stage: extra}, upstreams)
 
 
 def _cascade_scores(data, checkpoints, out):

@@ -9,7 +9,6 @@ import pytest
 
 from raysuite.methods import METHODS
 from raysuite.methods import weak_localization as wl
-from raysuite.methods.base import StageInputs
 from raysuite.methods.nn.loc_metrics import localisation_table
 from raysuite.plan import POINT, decode, grid_config_count, plan
 from raysuite.spec import SpecError, load_spec
@@ -131,32 +130,39 @@ def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):
             row = {"config_id": config, "config": config, "param.stages.train.unannotated_fraction": str(un),
                    "param.stages.train.loss": loss, "param.stages.crf.enabled": str(loss == "seed"),
                    "param.stages.train.antialias": "True", "objective": 0.5 + shift, "val/loc_acc_ior": 0.6 + shift}  # fmt: skip
-            row.update({f"val/loc_acc_iou/{c}": 0.4 + shift for c in wl.BOX_CLASSES if c != "Pneumothorax"})
-            row.update({f"val/loc_acc_ior/{c}": 0.6 + shift for c in wl.BOX_CLASSES if c != "Nodule" or shift})
+            row.update(
+                {f"val/loc_acc_iou/{c}": 0.4 + shift for c in wl.BOX_CLASSES if c != "Pneumothorax"}
+            )
+            row.update(
+                {
+                    f"val/loc_acc_ior/{c}": 0.6 + shift
+                    for c in wl.BOX_CLASSES
+                    if c != "Nodule" or shift
+                }
+            )
             rows.append(row)
     [path] = wl.report(pd.DataFrame(rows), tmp_path, "val/loc_acc_iou")
     table = pd.read_csv(path)
-    assert list(table.columns[:7]) == ["accuracy", "config", "un[%]", "loss", "crf", "antialias", "folds"]
+    assert list(table.columns[:7]) == [
+        "accuracy",
+        "config",
+        "un[%]",
+        "loss",
+        "crf",
+        "antialias",
+        "folds",
+    ]
     assert list(table.accuracy) == ["IoU", "IoU", "IoR", "IoR"]
     assert list(table.columns[-9:]) == [*wl.BOX_CLASSES, "mean"]
     iou = table[table.accuracy == "IoU"].iloc[0]
-    assert iou["Nodule"] == "0.5000 ± 0.1414" and iou["mean"] == "0.6000 ± 0.1414" and iou["folds"] == 2
+    assert (
+        iou["Nodule"] == "0.5000 ± 0.1414"
+        and iou["mean"] == "0.6000 ± 0.1414"
+        and iou["folds"] == 2
+    )
     assert pd.isna(iou["Pneumothorax"])  # no fold evaluated it: the column stays, empty
     ior = table[table.accuracy == "IoR"].iloc[0]
     assert ior["Nodule"] == "0.8000 ± 0.0000" and ior["folds"] == 2
-
-
-def _inputs(stage, data, upstreams=None, train=None, **extra):
-    configs = {
-        s: {**METHOD.tiny.get(s, {}), **(extra if s == stage else {})} for s in METHOD.stages
-    }
-    if train is not None:
-        configs["train"] = {**configs["train"], **train}
-    configs = {s: METHOD.stages[s].config.model_validate(c) for s, c in configs.items()}
-    dumped = {s: c.model_dump(mode="json") for s, c in configs.items()}
-    return StageInputs(
-        configs[stage], data, None, 0, stages=dumped, upstreams=upstreams or {}, fold=0
-    )
 
 
 def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):
@@ -170,7 +176,7 @@ def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):
         "alternate_every": 3,
     }
     runtime = LocalRuntime(tmp_path / "ck")
-    fit(METHOD.stages["train"].recipe(_inputs("train", data, **train)), runtime)
+    fit(METHOD.stages["train"].recipe(METHOD.tiny_inputs("train", data, {"train": train})), runtime)
     losses = [r["train/loss"] for r in runtime.reports]
     assert losses[-1] < 0.5 * losses[0]
     taus = [r["train/tau_mean"] for r in runtime.reports]
@@ -192,12 +198,10 @@ def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):
     assert {f"val/loc_acc_iou/{c}" for c in wl.BOX_CLASSES} & set(final)
 
     crf_runtime = LocalRuntime(tmp_path / "ck-crf")
-    fit(
-        METHOD.stages["crf"].recipe(
-            _inputs("crf", data, {"train": runtime.checkpoints[-1]}, train=train, epochs=1)
-        ),
-        crf_runtime,
+    inputs = METHOD.tiny_inputs(
+        "crf", data, {"train": train, "crf": {"epochs": 1}}, {"train": runtime.checkpoints[-1]}
     )
+    fit(METHOD.stages["crf"].recipe(inputs), crf_runtime)
     report = crf_runtime.reports[-1]
     assert report["crf/trial/epoch"] == 9.0 and np.isfinite(report["crf/loss"])
     assert 0.0 <= report["val/loc_acc_iou"] <= 1.0 and "crf/val_loc_acc_iou" in report

@@ -85,3 +85,22 @@ class Method:
 
     def schedule_stage(self) -> str:
         return self.progress_stage or list(self.stages)[-1]
+
+    def tiny_inputs(
+        self,
+        stage: str,
+        data: dict[str, Any],
+        overrides: dict[str, dict[str, Any]] | None = None,
+        upstreams: dict[str, Path] | None = None,
+        fold: int | None = 0,
+    ) -> StageInputs:
+        """``stage``'s inputs from the TINY preset with per-stage ``overrides``, to run a
+        recipe or job in this process (tests; debugging with ``LocalRuntime``)."""
+        overrides, upstreams = overrides or {}, upstreams or {}
+        configs = {
+            name: d.config.model_validate({**self.tiny.get(name, {}), **overrides.get(name, {})})
+            for name, d in self.stages.items()
+        }
+        dumped = {name: c.model_dump(mode="json") for name, c in configs.items()}
+        single = next(iter(upstreams.values())) if len(upstreams) == 1 else None
+        return StageInputs(configs[stage], data, single, 0, stages=dumped, upstreams=upstreams, fold=fold)
