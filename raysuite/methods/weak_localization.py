@@ -95,9 +95,8 @@ class TrainConfig(WeakLocStageConfig):
     negative at most one."""
 
     arch: str = "resnet50"  # timm ResNet
-    weights: str | None = (
-        None  # local ImageNet state dict (nothing is downloaded); scratch otherwise
-    )
+    # a local ImageNet state dict (nothing is downloaded); scratch otherwise
+    weights: str | None = None
     antialias: bool = True  # §3.3 BlurPool before each stride-2 step
     blur_size: int = Field(3, ge=2, le=7)  # binomial filter taps
     image_size: int = Field(512, ge=32)
@@ -106,9 +105,8 @@ class TrainConfig(WeakLocStageConfig):
     unannotated_fraction: float = Field(0.0, ge=0, le=1)  # §4 settings (a) 0 and (b) 0.2
     loss: Literal["seed", "li"] = "seed"
     lambda_ann: float = Field(70.0, ge=0)  # §4
-    gamma: float | None = Field(
-        None, ge=0
-    )  # eq. 11; None: per class, positives / negatives of the training images
+    # eq. 11; None: per class, positives / negatives of the training images
+    gamma: float | None = Field(None, ge=0)
     tau: float = Field(0.5, ge=0, le=1)
     rho: float = Field(0.02, ge=0, le=1)
     tau_hat: float = Field(2.0, ge=0)
@@ -119,9 +117,8 @@ class TrainConfig(WeakLocStageConfig):
     rho_hat_per_class: dict[str, float] = Field(default_factory=dict)
     thresholds: Literal["fixed", "alternate"] = "fixed"
     alternate_every: int = Field(2, ge=1)  # epochs of weight training between threshold fits
-    fit_margin: float = Field(
-        0.25, gt=0, lt=1
-    )  # fitted tau - rho (keeps the fit off the degenerate solution)
+    # fitted tau - rho (keeps the fit off the degenerate solution tau = rho)
+    fit_margin: float = Field(0.25, gt=0, lt=1)
     fit_margin_hat: float = Field(1.0, gt=0)  # fitted tau_hat - rho_hat, in patches
 
     @field_validator("arch")
@@ -408,12 +405,8 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
     def epoch_start(epoch: int) -> None:
         state["epoch"] = epoch
         alternate = train_cfg.loss == "seed" and train_cfg.thresholds == "alternate"
-        if (
-            alternate
-            and inp.rank == 0
-            and epoch > 1
-            and (epoch - 1) % train_cfg.alternate_every == 0
-        ):
+        due = epoch > 1 and (epoch - 1) % train_cfg.alternate_every == 0
+        if alternate and due and inp.rank == 0:
             fit_thresholds()
 
     def epoch_end(outputs: list[dict[str, Any]]) -> dict[str, float]:
@@ -475,10 +468,8 @@ def evaluate_grid(net: nn.Module, loader: DataLoader, rows: list[dict[str, Any]]
         out[f"val/loc_acc_ior/{name}"] = acc["acc_ior"]
     out["val/loc_acc_iou"] = float(np.mean([a["acc_iou"] for a in table.values()]))
     out["val/loc_acc_ior"] = float(np.mean([a["acc_ior"] for a in table.values()]))
-    out[f"{stage}/val_loc_acc_iou"], out[f"{stage}/val_loc_acc_ior"] = (
-        out["val/loc_acc_iou"],
-        out["val/loc_acc_ior"],
-    )
+    out[f"{stage}/val_loc_acc_iou"] = out["val/loc_acc_iou"]
+    out[f"{stage}/val_loc_acc_ior"] = out["val/loc_acc_ior"]
     aucs = {}
     for k, name in enumerate(CLASSES):
         auc = roc_auc(score[:, k], label[:, k])
