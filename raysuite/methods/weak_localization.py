@@ -504,7 +504,7 @@ def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
     """The seed's Table 1 on the parent run (``table_1.csv``): per accuracy (IoU, IoR) and
     configuration, the unannotated share, loss, CRF and anti-aliasing, the number of folds,
     then mean ± std over folds of each box class's accuracy (empty where no evaluated fold
-    had the class) and of their mean."""
+    had the class, with its n where fewer folds had it than the mean) and of their mean."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for accuracy, prefix in TABLE_SCORES.items():
         for column in [prefix, *(f"{prefix}/{c}" for c in BOX_CLASSES)]:  # the mean first: its n
@@ -519,7 +519,10 @@ def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
                     "loss": first.get("param.stages.train.loss"), "crf": first.get("param.stages.crf.enabled"),
                     "antialias": first.get("param.stages.train.antialias"), "folds": r["n"],
                 })  # fmt: skip
-                row[column.removeprefix(prefix).lstrip("/") or "mean"] = r["mean ± std"]
+                cell = r["mean ± std"]
+                if 1 < r["n"] < row["folds"]:  # a class that only some evaluated folds had
+                    cell += f" (n={r['n']})"
+                row[column.removeprefix(prefix).lstrip("/") or "mean"] = cell
     if not rows:
         return []
     columns = ["accuracy", "config", "un[%]", "loss", "crf", "antialias", "folds", *BOX_CLASSES, "mean"]

@@ -8,10 +8,14 @@ import pandas as pd
 def summarise(trials: pd.DataFrame, value: str = "objective") -> pd.DataFrame:
     """``trials``: one row per finished trial with ``config_id``, ``config`` (label) and
     ``value``. Returns one row per configuration: n, mean, std, min, max and
-    ``mean ± std`` as text, ordered by mean (best first is left to the caller)."""
+    ``mean ± std`` as text, ordered by mean (best first is left to the caller). A single
+    repeat has no spread: its std is 0 and its text says ``(n=1)`` instead of ``± 0``."""
     done = trials.dropna(subset=[value])
     grouped = done.groupby(["config_id", "config"], sort=False)[value]
     out = grouped.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
     out["std"] = out["std"].fillna(0.0)
-    out["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(out["mean"], out["std"], strict=True)]
+    out["mean ± std"] = [
+        f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f} (n=1)"
+        for m, s, n in zip(out["mean"], out["std"], out["n"], strict=True)
+    ]
     return out
