@@ -75,8 +75,9 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
 class ShardCache:
     """Fixed-shape preprocessed images of one manifest, in ``.npy`` shards beside it.
 
-    Directory: ``<manifest dir>/<manifest stem>.cache/<manifest hash>-<prep hash>/``, so a
-    new ingest or a new preprocessing gets a new cache and never reads a stale one. Rows
+    Directory: ``<manifest dir>/<manifest stem>.cache/<manifest hash>-<hash of prep and
+    sample ids>/``, so a new ingest, a new preprocessing or another subset of samples gets a
+    new cache and never reads a stale one. Rows
     are the manifest's ``sample_id`` order, ``shard_size`` per shard; a shard is built the
     first time one of its samples is asked for (under a file lock: concurrent trials and
     DDP ranks build it once) and then memory-mapped, so training never decodes DICOM.
@@ -93,9 +94,11 @@ class ShardCache:
         dtype: type = np.float16,
     ):
         manifest_path = Path(manifest_path)
-        prep = hashlib.sha1(prep_key.encode()).hexdigest()[:10]
-        self.dir = manifest_path.parent / f"{manifest_path.name.removesuffix('.parquet')}.cache" / f"{manifest_hash}-{prep}"
         self.ids = sorted(sample_ids)
+        # the sample set is part of the key: shards are positional, so two callers caching
+        # different subsets of one manifest must never share a directory
+        prep = hashlib.sha1("\n".join([prep_key, *self.ids]).encode()).hexdigest()[:10]
+        self.dir = manifest_path.parent / f"{manifest_path.name.removesuffix('.parquet')}.cache" / f"{manifest_hash}-{prep}"
         self.index = {s: i for i, s in enumerate(self.ids)}
         self.load = load
         self.shard_size = shard_size
