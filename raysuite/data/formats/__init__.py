@@ -4,6 +4,10 @@ A format module defines ``NAME``, ``synth(out_dir, cases=10, seed=0) -> counts``
 the exact published layout with learnable phantoms, and ``ingest(root, ledger, workers)``
 adding one manifest row per readable sample to the :class:`~raysuite.data.ingest.Ledger`
 and one error row per unreadable one.
+
+``folder`` is not a public dataset but plain folders of DICOM / NIfTI / PNG / MHD files,
+``ROOT/<patient folder>/**/<file>`` (a researcher's own collection, e.g. brain MRIs for
+seed 002's pretraining pool); its synthetic writer makes T1-like brain MRIs.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-NAMES = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura")
+NAMES = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura", "folder")
 
 
 def get(name: str) -> ModuleType:
