@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.")
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "pre_logits.")  # pre_logits: timm VGG
 
 
 def load_imagenet_weights(module: nn.Module, path: str) -> None:
@@ -13,7 +13,7 @@ def load_imagenet_weights(module: nn.Module, path: str) -> None:
 
     The file holds a torchvision or timm model's state dict (keys ``conv1.weight``,
     ``layer1.0.conv1.weight``, ...), bare or wrapped under ``"state_dict"`` or ``"model"``.
-    Classifier keys (``fc.*``, ``classifier.*``, ``head.*``) are dropped from the file and
+    Classifier keys (``fc.*``, ``classifier.*``, ``head.*``, ``pre_logits.*``) are dropped from the file and
     left as they are in ``module`` (a new task head). Every other key of ``module`` must be
     present with the same shape, except BatchNorm ``num_batches_tracked`` counters (absent
     from torchvision's older files, e.g. the ResNet-34 fastai v1 used); keys ``module`` does
