@@ -13,7 +13,7 @@ from pathlib import Path
 
 from raysuite.data.ingest import LayoutError
 from raysuite.data.manifest import ManifestError
-from raysuite.spec import DATA_FORMATS, SpecError, load_spec, smoke
+from raysuite.spec import SOURCE_FORMATS, SpecError, load_spec, smoke
 
 
 def _load(args: argparse.Namespace):
@@ -109,12 +109,12 @@ def parser() -> argparse.ArgumentParser:
     da = sub.add_parser("data", help="synthesise or ingest a dataset")
     dsub = da.add_subparsers(dest="action", required=True)
     sy = dsub.add_parser("synth")
-    sy.add_argument("format", choices=DATA_FORMATS)
+    sy.add_argument("format", choices=SOURCE_FORMATS)
     sy.add_argument("out")
     sy.add_argument("--cases", type=int, default=10)
     sy.add_argument("--seed", type=int, default=0)
     ing = dsub.add_parser("ingest")
-    ing.add_argument("format", choices=DATA_FORMATS)
+    ing.add_argument("format", choices=SOURCE_FORMATS)
     ing.add_argument("root")
     ing.add_argument("out", help="manifest .parquet (errors go to <out>.errors.parquet)")
     ing.add_argument("--workers", type=int, default=None, help="decode processes (default: cores, at most 8)")

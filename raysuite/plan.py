@@ -98,7 +98,7 @@ def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> Trial
             "upstream": "+".join(live.get(c, "") for c in stage.inputs),
             "version": __version__,
         }
-        if fold is not None:
+        if fold is not None and stage.per_fold:
             content["fold"] = fold
         keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
         if not stage.skip(configs[name]):

@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATA_FORMATS = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura")
+SOURCE_FORMATS = DATA_FORMATS + ("folder",)  # data.sources may also name plain folders of images
+SOURCES = "sources"  # Method.data_format of a method reading data.sources
 
 
 class SpecError(ValueError):
@@ -53,14 +55,40 @@ class SplitSpec(Strict):
         return self
 
 
-class DataSpec(Strict):
-    format: Literal["vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura"]
+class SourceSpec(Strict):
+    """One dataset of a multi-source method (seed 002's pretraining pool and its transfer
+    tasks): where it is and, for plain folders, what it holds."""
+
+    format: Literal[SOURCE_FORMATS]  # type: ignore[valid-type]
     root: str
+    manifest: str | None = None
+    split: SplitSpec = SplitSpec()
+    synthetic_if_missing: bool = False
+    synthetic_cases: int | None = Field(default=None, ge=2)
+    modality: str | None = None  # CT, MR, CR, DX, MG …: overrides the manifest's (folders of NIfTI/PNG have none)
+    body_part: str | None = None
+
+
+class DataSpec(Strict):
+    """One dataset (``format``, ``root`` …) or, for methods reading several, named
+    ``sources``; ``cache_dir`` is shared."""
+
+    format: Literal[DATA_FORMATS] | None = None  # type: ignore[valid-type]
+    root: str | None = None
     manifest: str | None = None  # default: <cache_dir>/manifests/<format>-<hash of root>.parquet
     split: SplitSpec = SplitSpec()
     synthetic_if_missing: bool = False
     synthetic_cases: int | None = Field(default=None, ge=2)
     cache_dir: str | None = None
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DataSpec:
+        if self.sources and (self.format or self.root):
+            raise ValueError("give either format and root, or sources, not both")
+        if not self.sources and not (self.format and self.root):
+            raise ValueError("needs format and root (or sources, for methods reading several datasets)")
+        return self
 
 
 class Uniform(Strict):
@@ -218,7 +246,9 @@ def parse_spec(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Sp
 
 def _absolute_paths(spec: Spec) -> None:
     """Trials run in other working directories: pin relative paths to this one."""
-    for owner, attr in ((spec.data, "root"), (spec.data, "manifest"), (spec.data, "cache_dir"), (spec, "storage")):
+    owners = [(spec.data, "root"), (spec.data, "manifest"), (spec.data, "cache_dir"), (spec, "storage")]
+    owners += [(source, attr) for source in spec.data.sources.values() for attr in ("root", "manifest")]
+    for owner, attr in owners:
         value = getattr(owner, attr)
         if value and "://" not in value:
             setattr(owner, attr, os.path.abspath(os.path.expanduser(value)))
@@ -263,8 +293,15 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     from raysuite.methods import METHODS
 
     method = METHODS[spec.method]
-    if spec.data.format != method.data_format:
+    if method.data_format == SOURCES and not spec.data.sources:
+        raise SpecError(path, "data.sources", f"{spec.method} reads several datasets: name them under data.sources")
+    if method.data_format != SOURCES and spec.data.format != method.data_format:
         raise SpecError(path, "data.format", f"{spec.method} reads {method.data_format!r}, not {spec.data.format!r}")
+    data = spec.data.model_dump()
+
+    def problems(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+        return method.check(configs) + method.check_data(data, configs)
+
     for stage in spec.stages:
         if stage not in method.stages:
             raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}")
@@ -297,22 +334,25 @@ def check_stages(spec: Spec, path: Any = None) -> None:
             if key in spec.search.grid:
                 raise SpecError(path, f"search.arms.{arm}.{key}", "set by both an arm and a grid axis")
         configs = resolve_stage_configs(spec, {ARM: arm}, path, f"search.arms.{arm}", base=base)
-        for field, message in method.check(configs):
+        for field, message in problems(configs):
             raise SpecError(path, f"search.arms.{arm}", f"{field}: {message}")
-    for key, message in method.check(base):
+    for key, message in problems(base):
         raise SpecError(path, f"stages.{key}", message)
     for key, values in spec.search.grid.items():
         if not values:
             raise SpecError(path, f"search.grid.{key}", "a grid axis needs at least one value")
         for i, value in enumerate(values):
             configs = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
-            for field, message in method.check(configs):
+            for field, message in problems(configs):
                 raise SpecError(path, f"search.grid.{key}[{i}]", f"{field}: {message}")
     if spec.search.arms and spec.search.grid:  # an arm may clash with a grid value only together
-        for point in grid_points(spec):
+        for point in _product(spec):
             configs = resolve_stage_configs(spec, point, path, f"search.arms.{point[ARM]}", base=base)
-            for field, message in method.check(configs):
+            for field, message in problems(configs):
                 raise SpecError(path, f"search.arms.{point[ARM]}", f"{field}: {message} (with {config_label(point)})")
+    skipped = skipped_points(spec)
+    if skipped and len(skipped) == len(_product(spec)):
+        raise SpecError(path, "search", f"every configuration is skipped: {skipped[0][1]}")
     if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
         raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
     if spec.search.scheduler.asha and spec.search.scheduler.asha.max_t < spec.search.scheduler.asha.grace_period:
@@ -388,7 +428,7 @@ def repeat_points(spec: Spec) -> list[dict[str, int]]:
     return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[range(n) for _, n in axes])]
 
 
-def grid_points(spec: Spec) -> list[dict[str, Any]]:
+def _product(spec: Spec) -> list[dict[str, Any]]:
     """Cartesian product of the arms and the grid axes (one empty point when neither)."""
     axes = list(spec.search.grid.items())
     if spec.search.arms:
@@ -396,6 +436,26 @@ def grid_points(spec: Spec) -> list[dict[str, Any]]:
     if not axes:
         return [{}]
     return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+def skipped_points(spec: Spec) -> list[tuple[dict[str, Any], str]]:
+    """Grid points the method cannot run here, with its reason (e.g. an ImageNet arm
+    without a weights file): the sweep reports them and runs the rest."""
+    from raysuite.methods import METHODS
+
+    method, data = METHODS[spec.method], spec.data.model_dump()
+    out = []
+    for point in _product(spec):
+        reason = method.unavailable(data, resolve_stage_configs(spec, point, where="search"))
+        if reason:
+            out.append((point, reason))
+    return out
+
+
+def grid_points(spec: Spec) -> list[dict[str, Any]]:
+    """The configurations a sweep runs: arms x grid axes, less :func:`skipped_points`."""
+    skipped = [point for point, _ in skipped_points(spec)]
+    return [point for point in _product(spec) if point not in skipped]
 
 
 def config_id(overrides: dict[str, Any]) -> str:
@@ -435,10 +495,12 @@ def smoke(spec: Spec) -> Spec:
         data.search.scheduler.asha.grace_period = 1
     data.resources.gpus_per_worker = 0
     # Smoke never touches real data: a small synthetic copy of the format sits beside it.
-    data.data.root = f"{data.data.root.rstrip('/')}-smoke-synthetic"
-    data.data.manifest = None
-    data.data.synthetic_if_missing = True
-    data.data.synthetic_cases = method.smoke_cases
+    for source in [data.data, *data.data.sources.values()]:
+        if source.root:
+            source.root = f"{source.root.rstrip('/')}-smoke-synthetic"
+        source.manifest = None
+        source.synthetic_if_missing = True
+        source.synthetic_cases = method.smoke_cases
     data.resources.workers_per_trial = min(data.resources.workers_per_trial, 2)
     data.resources.cpus_per_worker = 1
     data.resources.max_concurrent_trials = max(1, 2 // data.resources.workers_per_trial)

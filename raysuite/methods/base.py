@@ -53,6 +53,7 @@ class StageDef:
     recipe: Callable[[StageInputs], Recipe] | None = None
     consumes: str | tuple[str, ...] | None = None  # stage(s) whose output this one loads
     cacheable: bool = False  # output stored in the stage cache under a content hash
+    per_fold: bool = True  # False: the fold is not in its key (a pretraining shared by every fold)
     skip: Callable[[Any], bool] = lambda cfg: False  # e.g. "no pretraining" arm
     job: Job | None = None
     job_on: Literal["worker", "driver"] = "worker"
@@ -68,7 +69,7 @@ class StageDef:
 class Method:
     name: str
     seed: str  # seed paper file in shared/seeds
-    data_format: str
+    data_format: str  # a data format, or "sources" (spec.SOURCES) for several named datasets
     stages: dict[str, StageDef]
     monitor: str  # headline metric, e.g. "val/dice"
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -76,6 +77,13 @@ class Method:
     smoke_cases: int = 6
     smoke_max_t: int = 3
     check: Callable[[dict[str, dict[str, Any]]], list[tuple[str, str]]] = lambda configs: []
+    # (spec data section, stage configs) -> problems, for checks that need the data (source names)
+    check_data: Callable[[dict[str, Any], dict[str, dict[str, Any]]], list[tuple[str, str]]] = (
+        lambda data, configs: []
+    )
+    # (data, stage configs) -> why this configuration cannot run here (its grid point is
+    # skipped with that message), or None
+    unavailable: Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | None] = lambda data, configs: None
     prepare_data: Callable[[dict[str, Any]], None] = lambda data: None
     manifest_hash: Callable[[dict[str, Any], str, Any], str] = lambda data, stage, cfg: ""
     # sweep-level plots: (finished trials with param.* columns, output dir, metric) -> files

@@ -67,6 +67,10 @@ class Recipe:
     test: Callable[[nn.Module, torch.device], dict[str, float]] | None = None
     # called on every rank before each epoch (1-based), e.g. to switch an augmentation on
     epoch_start: Callable[[int], None] | None = None
+    # called on every rank with each epoch's metrics (validation included), and replayed
+    # over the restored history on resume: state that follows the metrics (a plateau lr
+    # schedule) is then the same on every rank and after a restart
+    on_metrics: Callable[[dict[str, Any]], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -110,6 +114,8 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
             best_state = state.get("best_model")
             history = state.get("history", [])
+            for past in history if recipe.on_metrics is not None else []:
+                recipe.on_metrics(past)
 
     metrics: dict[str, float] = {}
     prefix = recipe.stage
@@ -155,6 +161,8 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
         if recipe.monitor and recipe.patience is not None and evaluate_now:
             stop = epoch - best_epoch >= recipe.patience
         history.append(dict(metrics))
+        if recipe.on_metrics is not None:
+            recipe.on_metrics(metrics)
         checkpoint_now = evaluate_now or recipe.evaluate is None or epoch == recipe.epochs or stop
         if checkpoint_now:
             with _checkpoint(runtime.rank == 0) as tmp:

@@ -28,7 +28,7 @@ from raysuite.data.privacy import salt_env
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, grid_config_count, plan
 from raysuite.report.summary import summarise
-from raysuite.spec import Spec, repeat_points
+from raysuite.spec import Spec, config_label, repeat_points, skipped_points
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import stage_cache
 from raysuite.tune.callbacks import (
@@ -166,6 +166,10 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
     parent = state["parent_run_id"]
+    skipped = [f"{config_label(point)}: {reason}" for point, reason in skipped_points(spec)]
+    if skipped:
+        print("skipped configurations:\n  " + "\n  ".join(skipped), flush=True)
+        track.log_text(client, parent, "skipped.txt", "\n".join(skipped) + "\n")
     callback = MlflowTuneCallback(spec, parent, uri)
     trainable = tune.with_parameters(
         _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"], coordinator=coordinator
