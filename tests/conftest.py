@@ -55,16 +55,46 @@ def cxr14_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def genesis_sources(tmp_path_factory, cxr14_root, flare_root):
+    """``data.sources`` for genesis_cls: ChestX-ray14 and FLARE22 (shared with the other
+    tests), a folder of MRI phantoms, LUNA16 (40 scans) and MURA (40 patients)."""
+    from raysuite.data.formats import folder, luna16, mura
+
+    roots = {}
+    for name, module, kwargs in (("brain", folder, {"cases": 6, "size": 48, "slices": 8}),
+                                 ("luna", luna16, {"cases": 40}),
+                                 ("mura", mura, {"cases": 40, "min_size": 48, "max_size": 96})):  # fmt: skip
+        roots[name] = tmp_path_factory.mktemp(name)
+        module.synth(roots[name], seed=0, **kwargs)
+        (roots[name] / ".raysuite-complete").write_text("synthetic\n")
+    return {"sources": {
+        "cxr14": {"format": "chestxray14", "root": str(cxr14_root)},
+        "flare": {"format": "flare22", "root": str(flare_root)},
+        "brain": {"format": "folder", "root": str(roots["brain"]), "modality": "MR", "body_part": "BRAIN"},
+        "luna": {"format": "luna16", "root": str(roots["luna"])},
+        "mura": {"format": "mura", "root": str(roots["mura"])},
+    }}  # fmt: skip
+
+
 @pytest.fixture
-def data_root(request):
-    """The synthetic root of a data format: ``data_root(format)``."""
+def method_data(request, tmp_path):
+    """The data section of a method on its synthetic data: ``method_data(method)``."""
     fixtures = {
         "flare22": "flare_root",
         "vindr_cxr": "vindr_root",
         "siim_acr": "siim_root",
         "chestxray14": "cxr14_root",
+        "sources": "genesis_sources",
     }
-    return lambda fmt: request.getfixturevalue(fixtures[fmt])
+
+    def data(method):
+        value = request.getfixturevalue(fixtures[method.data_format])
+        if method.data_format == "sources":
+            return {**value, "cache_dir": str(tmp_path / "cache")}
+        return {"format": method.data_format, "root": str(value), "cache_dir": str(tmp_path / "cache")}
+
+    return data
 
 
 @pytest.fixture(scope="session")

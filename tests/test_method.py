@@ -12,20 +12,24 @@ from raysuite.train.runtime import LocalRuntime
 
 def _inputs(method, stage, root, tmp_path, upstreams=None, **extra):
     """TINY with the smoke preset on top (small images and batches), ``extra`` on ``stage``."""
+    data = {"format": method.data_format, "root": str(root), "cache_dir": str(tmp_path / "cache")}
+    return _tiny(method, stage, data, upstreams, **extra)
+
+
+def _tiny(method, stage, data, upstreams=None, **extra):
     overrides = {name: {**method.smoke.get(name, {})} for name in method.stages}
     overrides.setdefault(stage, {}).update(extra)
-    data = {"format": method.data_format, "root": str(root), "cache_dir": str(tmp_path / "cache")}
     return method.tiny_inputs(stage, data, overrides, upstreams)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_one_step_changes_parameters(name, data_root, tmp_path):
+def test_one_step_changes_parameters(name, method_data, tmp_path):
     """Each stage in turn, its weights saved as the next stage's upstream checkpoint."""
     method = METHODS[name]
     seed_everything(0)
     upstreams = {}
     for stage in [s for s, d in method.stages.items() if d.recipe is not None]:
-        inputs = _inputs(method, stage, data_root(method.data_format), tmp_path, upstreams=dict(upstreams))
+        inputs = _tiny(method, stage, method_data(method), upstreams=dict(upstreams))
         recipe = method.stages[stage].recipe(inputs)
         model = recipe.model
         before = [p.detach().clone() for p in model.parameters()]

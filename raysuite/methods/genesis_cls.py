@@ -1,0 +1,770 @@
+"""genesis_cls (seed 002, Song 2020): Models Genesis restoration pretraining of a 2-D U-Net
+on a pool mixing CT, MRI and X-ray slices, then transfer of its encoder to classification on
+LUNA16 candidate patches and MURA radiographs. Scratch, genesis and ImageNet initialisations
+are compared.
+
+Stages:
+
+- ``pretrain`` (§3.1, §4.1.1): the pool of ``data.sources`` is sampled per patient with
+  caps so that the modalities come out balanced (:mod:`raysuite.data.pool`). Each slice is
+  normalised by modality, clipped at random to ``crop`` (448) and resized to ``input_size``
+  (224). It is then corrupted by the Models Genesis transformations
+  (:mod:`raysuite.methods.nn.genesis_transforms`) and restored by a VGG-16-BN or ResNet-50
+  U-Net under MSE. Batch or instance norm (§3.1.11). The best weights on the pool's
+  validation split are kept. ``init: scratch`` or ``imagenet`` skips the stage.
+- ``finetune`` (§4.2): the encoder (from the pretraining, an ImageNet file or scratch) +
+  GAP + dropout + dense (L2) + dropout + one logit, binary cross-entropy. SGD (lr 1e-3,
+  momentum 0.9) with ReduceLROnPlateau on the validation loss. Optional head-only warm-up
+  epochs, then every layer. Tasks:
+  - ``luna16``: 64 x 64 axial candidate patches, 10 % of the negatives of each subset,
+    positives ×8 by random zoom, rotation, ±1 mm shift and flips. Five folds of subset
+    pairs 0-1 … 8-9 (§4.2.1).
+  - ``mura``: one body part (shoulder by default) at 224 px, ×7 by rotation, zoom and
+    flips. Evaluated on MURA's own validation split, so a ``fold`` repeat reruns it with
+    another seed (the seed ran its best MURA models twice, §4.2.4.4).
+
+Metric: ``val/auc`` (ROC AUC on the held-out fold), plus ``val/loss`` and ``val/accuracy``
+at 0.5. The model is the last epoch's: the held-out fold is the seed's test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from raysuite.data import pool as pooling
+from raysuite.data.cache import ShardCache
+from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
+from raysuite.data.formats import luna16, mura
+from raysuite.data.slices import SliceReader
+from raysuite.methods.base import ARTIFACT, Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.nn.cls_metrics import roc_auc
+from raysuite.methods.nn.genesis_models import (
+    RestorationUNet,
+    TransferClassifier,
+    load_imagenet_encoder,
+    transfer_encoder,
+)
+from raysuite.methods.nn.genesis_transforms import GenesisTransforms
+from raysuite.report.summary import summarise
+from raysuite.train.loop import STATE_FILE, Recipe
+
+TASKS = ("luna16", "mura")
+INITS = ("scratch", "genesis", "imagenet")
+_T = GenesisTransforms()
+
+
+class GenesisStageConfig(StageConfig):
+    epochs: int = Field(13, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)  # ReduceLROnPlateau on the validation loss
+    plateau_patience: int = Field(3, ge=1)
+    num_workers: int = Field(4, ge=0)
+    amp: bool = True
+    max_train_images: int | None = Field(None, ge=1)  # smoke runs
+
+
+class PoolEntry(BaseModel):
+    """Sampling of one source in the pool (§3.1.5): slices per patient (None: all), patients
+    (None: all, as the seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    slices_per_patient: int | None = Field(None, ge=1)
+    max_patients: int | None = Field(None, ge=1)
+    # keep only these of the dataset's own splits (e.g. [train] for MURA, whose valid split
+    # is a transfer task's test set); None keeps every image
+    source_splits: list[str] | None = None
+
+
+class TransformsConfig(BaseModel):
+    """The Models Genesis transformations and their probabilities (defaults: the published
+    ones, see :class:`~raysuite.methods.nn.genesis_transforms.GenesisTransforms`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    flip_rate: float = Field(_T.flip_rate, ge=0, le=1)
+    local_rate: float = Field(_T.local_rate, ge=0, le=1)
+    nonlinear_rate: float = Field(_T.nonlinear_rate, ge=0, le=1)
+    paint_rate: float = Field(_T.paint_rate, ge=0, le=1)
+    inpaint_rate: float = Field(_T.inpaint_rate, ge=0, le=1)
+    shuffle_blocks: int = Field(_T.shuffle_blocks, ge=0)
+    shuffle_max_fraction: float = Field(_T.shuffle_max_fraction, gt=0, le=1)
+    inpaint_blocks: int = Field(_T.inpaint_blocks, ge=1)
+    inpaint_min_fraction: float = Field(_T.inpaint_min_fraction, gt=0, le=1)
+    inpaint_max_fraction: float = Field(_T.inpaint_max_fraction, gt=0, le=1)
+    outpaint_min_fraction: float = Field(_T.outpaint_min_fraction, gt=0, le=1)
+    outpaint_max_fraction: float = Field(_T.outpaint_max_fraction, gt=0, le=1)
+    outpaint_blocks: int = Field(_T.outpaint_blocks, ge=1)
+    paint_continue: float = Field(_T.paint_continue, ge=0, le=1)
+    paint_margin: int = Field(_T.paint_margin, ge=0)
+    max_flips: int = Field(_T.max_flips, ge=1)
+    bezier_samples: int = Field(_T.bezier_samples, ge=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransformsConfig:
+        self.build()  # min > max fractions and the like: GenesisTransforms says which
+        return self
+
+    def build(self) -> GenesisTransforms:
+        return GenesisTransforms(**self.model_dump())
+
+
+class PretrainConfig(GenesisStageConfig):
+    """The encoder's initialisation and, for ``init: genesis``, its restoration pretraining.
+
+    The seed gives no pretraining schedule. Models Genesis trains with SGD, lr 1, momentum
+    0.9, and halves the lr when the validation loss stalls; those are the defaults, with
+    100 epochs and batch 32 ours."""
+
+    init: Literal["scratch", "genesis", "imagenet"] = "genesis"
+    # encoder -> local ImageNet file of that architecture (never downloaded); "" counts as unset
+    imagenet_weights: dict[str, str] = Field(default_factory=dict)
+    encoder: str = "vgg16_bn"  # the seed's vgg16_bn or resnet50; any timm VGG or ResNet
+    norm: Literal["batch", "instance"] = "batch"  # §3.1.11
+    pool: dict[str, PoolEntry] = Field(default_factory=dict)  # {}: every data source
+    modality_caps: dict[str, int] = Field(default_factory=dict)  # CT / MRI / XRAY / MG slice totals
+    mri_norm: Literal["max", "percentile"] = "max"  # §3.1.9 divides by the slice's maximum
+    cache_size: int = Field(512, ge=32)  # slices are cached square at this side
+    crop: int = Field(448, ge=32)  # §3.1.8: random 448 clips …
+    input_size: int = Field(224, ge=32)  # … resized to 224
+    transforms: TransformsConfig = TransformsConfig()
+    epochs: int = Field(100, ge=1)
+    lr: float = Field(1.0, gt=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(10, ge=1)
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, name: str) -> str:
+        if not name.startswith(("vgg", "resnet")):
+            raise ValueError(
+                f"{name!r}: the U-Net encoder is a timm VGG or ResNet (vgg16_bn, resnet50)"
+            )
+        return name
+
+    @field_validator("modality_caps")
+    @classmethod
+    def _groups(cls, caps: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(caps) - set(pooling.GROUPS))
+        if unknown:
+            raise ValueError(f"unknown modality group(s) {unknown}; groups: {list(pooling.GROUPS)}")
+        if any(v < 1 for v in caps.values()):
+            raise ValueError("caps must be positive slice counts")
+        return caps
+
+
+class FinetuneConfig(GenesisStageConfig):
+    """§4.2: the seed's best settings (LUNA16 VGG-16 with its pretraining: SGD lr 1e-3,
+    ReduceLROnPlateau factor 0.1, patience 3, 13 epochs, batch 32). The dense layer's width
+    and L2 coefficient are not given: 256 and 1e-4 are ours."""
+
+    task: Literal["luna16", "mura"] = "luna16"
+    body_part: str = "XR_SHOULDER"  # MURA; "all" for every part
+    image_size: int | None = Field(None, ge=32)  # None: 64 (LUNA16 patches) or 224 (MURA)
+    warmup_epochs: int = Field(0, ge=0)  # head only first (§4.2.2), counted in ``epochs``
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    l2: float = Field(1e-4, ge=0)
+    negative_fraction: float = Field(luna16.NEGATIVE_FRACTION, gt=0, le=1)  # §4.2.1.3
+    positive_copies: int = Field(8, ge=1)  # §4.2.1.3: positives ×8
+    mura_copies: int = Field(7, ge=1)  # §4.2.4.2: 8 379 shoulder images -> 58 653
+    zoom: tuple[float, float] = (0.9, 1.1)
+    rotation: float = Field(20.0, ge=0)  # degrees
+    shift_mm: float = Field(1.0, ge=0)  # LUNA16 translation
+
+    @field_validator("body_part")
+    @classmethod
+    def _part(cls, part: str) -> str:
+        if part != "all" and part not in mura.BODY_PARTS:
+            raise ValueError(f"{part!r} is not a MURA body part {list(mura.BODY_PARTS)} or 'all'")
+        return part
+
+    def size(self) -> int:
+        return self.image_size or (luna16.PATCH if self.task == "luna16" else 224)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def source_data(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """Source ``name`` of ``data.sources`` as a single-dataset data section."""
+    return {**data["sources"][name], "cache_dir": data.get("cache_dir")}
+
+
+def prepare_data(data: dict[str, Any]) -> None:
+    """Synthesise missing sources (when allowed) and ingest each once."""
+    for name in data["sources"]:
+        prepare(source_data(data, name), lambda root: any(root.iterdir()), default_cases=12)
+
+
+def task_source(data: dict[str, Any], task: str) -> str:
+    """The one source of format ``task``."""
+    names = [n for n, s in data["sources"].items() if s["format"] == task]
+    if len(names) != 1:
+        raise ValueError(
+            f"finetune.task {task!r} needs exactly one data source of format {task!r}, found {names}"
+        )
+    return names[0]
+
+
+def pool_sources(
+    data: dict[str, Any], cfg: PretrainConfig
+) -> tuple[list[pooling.Source], list[str]]:
+    """The pool's sources (``cfg.pool`` or every source) with their manifest hashes."""
+    names = list(cfg.pool) or list(data["sources"])
+    sources, hashes = [], []
+    for name in names:
+        spec, entry = data["sources"][name], cfg.pool.get(name, PoolEntry())
+        df, meta = ensure_manifest(source_data(data, name))
+        if entry.source_splits is not None:
+            df = df[df.source_split.isin(entry.source_splits)]
+        sources.append(pooling.Source(name, spec["format"], spec["root"], df, spec.get("modality"),
+                                      spec.get("body_part"), entry.slices_per_patient, entry.max_patients))  # fmt: skip
+        hashes.append(f"{meta['hash']}|{entry.source_splits}")
+    return sources, hashes
+
+
+def pool_table(
+    data: dict[str, Any], cfg: PretrainConfig, seed: int = 0
+) -> tuple[pd.DataFrame, Path, str]:
+    """The pretraining pool (rows of :func:`raysuite.data.pool.build_pool`), written once
+    beside the cache as ``pools/<hash>.parquet``; returns (pool, path, hash)."""
+    sources, hashes = pool_sources(data, cfg)
+    key = pooling.pool_hash(sources, cfg.modality_caps, seed, hashes)
+    path = (
+        Path(manifest_path(source_data(data, sources[0].name))).parent.parent
+        / "pools"
+        / f"{key}.parquet"
+    )
+    if path.exists():
+        return pd.read_parquet(path), path, key
+    table = pooling.build_pool(sources, cfg.modality_caps, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{np.random.default_rng().integers(1 << 30)}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return table, path, key
+
+
+class _SliceLoader:
+    """Picklable ``pool_id -> (S, S) uint8`` slice in [0, 255] for the shard cache."""
+
+    def __init__(self, table: pd.DataFrame, roots: dict[str, str], cfg: PretrainConfig):
+        self.rows = {r["pool_id"]: r for r in table.to_dict("records")}
+        self.roots, self.size, self.mri = roots, cfg.cache_size, cfg.mri_norm
+        self.reader = SliceReader()
+
+    def __call__(self, pool_id: str) -> np.ndarray:
+        row = self.rows[pool_id]
+        raw = self.reader(Path(self.roots[row["source"]]), row, int(row["slice"]))
+        image = pooling.normalise(raw, row["group"], pooling.is_png8(row["path"]), self.mri)
+        return np.round(pooling.square(image, self.size) * 255).astype(np.uint8)
+
+
+class _Draws:
+    """Per-item random generators that differ across epochs and DataLoader workers and are
+    reproducible from torch's seed (``torch.initial_seed`` differs per worker and epoch)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def rng(self, index: int) -> np.random.Generator:
+        self.calls += 1
+        return np.random.default_rng((torch.initial_seed() % 2**63, index, self.calls))
+
+
+class RestorationPairs(Dataset):
+    """Pool slices -> (corrupted (1, S, S), clean (1, S, S)) in [0, 1]: a random
+    ``crop`` clip of the cached slice (a centred one when ``fixed``), resized to S, then
+    the Models Genesis transformations. ``fixed`` (validation) draws from the index only."""
+
+    def __init__(self, cache: ShardCache, ids: list[str], cfg: PretrainConfig, fixed: bool = False):
+        self.cache, self.ids, self.fixed = cache, ids, fixed
+        self.crop = cfg.crop  # in cached pixels: the cache keeps a 512 slice at 512
+        self.size, self.transforms, self.draws = cfg.input_size, cfg.transforms.build(), _Draws()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(i) if self.fixed else self.draws.rng(i)
+        image = self.cache[self.ids[i]] / 255.0
+        side, c = image.shape[0], self.crop
+        y, x = ((side - c) // 2,) * 2 if self.fixed else rng.integers(0, side - c + 1, 2)
+        clip = torch.from_numpy(np.ascontiguousarray(image[y : y + c, x : x + c], np.float32))
+        clip = F.interpolate(
+            clip[None, None], size=(self.size, self.size), mode="bilinear", align_corners=False
+        )
+        corrupted, clean = self.transforms.pair(clip[0, 0].clamp(0, 1).numpy(), rng)
+        return torch.from_numpy(corrupted)[None].float(), torch.from_numpy(clean)[None].float()
+
+
+def random_affine(image: torch.Tensor, rng: np.random.Generator, zoom: tuple[float, float], degrees: float,
+                  shift_px: tuple[float, float] = (0.0, 0.0), flips: bool = True) -> torch.Tensor:  # fmt: skip
+    """(1, H, W) -> (1, H, W): zoom in ``zoom``, rotation in ±``degrees``, shift in
+    ±``shift_px`` (rows, columns) and random horizontal / vertical flips about the centre
+    (bilinear, borders replicated)."""
+    _, h, w = image.shape
+    scale = rng.uniform(*zoom)
+    angle = np.deg2rad(rng.uniform(-degrees, degrees))
+    dy, dx = (rng.uniform(-s, s) for s in shift_px)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    fx = -1.0 if flips and rng.random() < 0.5 else 1.0
+    fy = -1.0 if flips and rng.random() < 0.5 else 1.0
+    theta = torch.tensor(
+        [[cos * fx, -sin * fy, -2 * dx / w], [sin * fx, cos * fy, -2 * dy / h]], dtype=torch.float32
+    )
+    grid = F.affine_grid(theta[None], [1, 1, h, w], align_corners=False)
+    return F.grid_sample(
+        image[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
+
+
+class _RowLoader:
+    """Picklable ``sample_id -> image`` through a format's ``preprocess(root, row, prep)``."""
+
+    def __init__(self, preprocess: Any, root: str, rows: dict[str, dict[str, Any]], prep: Any):
+        self.preprocess, self.root, self.rows, self.prep = preprocess, Path(root), rows, prep
+
+    def __call__(self, sample_id: str) -> np.ndarray:
+        return self.preprocess(self.root, self.rows[sample_id], self.prep)
+
+
+class TaskImages(Dataset):
+    """Rows -> ((3, S, S) image in [0, 1], label) for the classifier. Each row appears
+    ``copies[row]`` times; copy 0 is the image itself, the others random affine variants
+    (§4.2.1.3, §4.2.4.2). LUNA16 patches are cached with a margin and centre-cropped after
+    the transform so rotations bring in real tissue."""
+
+    def __init__(self, cache: ShardCache, rows: pd.DataFrame, labels: np.ndarray, copies: np.ndarray,
+                 size: int, cfg: FinetuneConfig, shift_px: np.ndarray | None = None):  # fmt: skip
+        self.cache, self.size, self.cfg = cache, size, cfg
+        self.ids = rows.sample_id.tolist()
+        self.labels = labels.astype(np.float32)
+        self.items = [(i, c) for i in range(len(self.ids)) for c in range(int(copies[i]))]
+        self.shift_px = shift_px if shift_px is not None else np.zeros((len(self.ids), 2))
+        self.draws = _Draws()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i, copy = self.items[k]
+        image = torch.from_numpy(self.cache[self.ids[i]])[None]
+        if copy:
+            cfg = self.cfg
+            image = random_affine(
+                image, self.draws.rng(k), cfg.zoom, cfg.rotation, tuple(self.shift_px[i])
+            )
+        h, w = image.shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        image = image[:, top : top + self.size, left : left + self.size].clamp(0, 1)
+        return image.expand(3, -1, -1), torch.tensor(self.labels[i])
+
+
+def luna_split(
+    data: dict[str, Any], fold: int | None, cfg: FinetuneConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) candidate rows: 10 % of each subset's negatives and every positive
+    (§4.2.1.3), fold ``fold`` = subsets 2k and 2k+1 held out (§4.2.1.7)."""
+    df, _ = ensure_manifest(data)
+    split = data.get("split") or {}
+    df = df[luna16.negative_subsample_mask(df, cfg.negative_fraction, int(split.get("seed", 0)))]
+    folds = luna16.subset_folds(df, int(split.get("folds") or luna16.FOLDS))
+    held = folds == (fold or 0)
+    return df[~held], df[held]
+
+
+def mura_split(data: dict[str, Any], cfg: FinetuneConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, valid) images of ``cfg.body_part`` on MURA's own split (§4.2.4.1)."""
+    df, _ = ensure_manifest(data)
+    if cfg.body_part != "all":
+        df = df[df.path.str.contains(f"/{cfg.body_part}/", regex=False)]
+    return df[df.source_split == "train"], df[df.source_split == "valid"]
+
+
+def _labels(rows: pd.DataFrame, task: str) -> np.ndarray:
+    if task == "luna16":
+        return np.array([luna16.LABEL in list(labels) for labels in rows.labels], np.float32)
+    return np.array([mura.target(r) for r in rows.to_dict("records")], np.float32)
+
+
+def task_datasets(
+    data: dict[str, Any], fold: int | None, cfg: FinetuneConfig
+) -> tuple[TaskImages, TaskImages]:
+    """(train, val) datasets of the fine-tuning task."""
+    size = cfg.size()
+    if cfg.task == "luna16":
+        train, val = luna_split(data, fold, cfg)
+        margin = int(np.ceil(size * 1.5))  # rotation by 45° and zoom 0.9 stay inside
+        prep, preprocess = luna16.Preprocessing(patch=margin), luna16.preprocess
+    else:
+        train, val = mura_split(data, cfg)
+        margin, prep, preprocess = size, mura.Preprocessing(size=size), mura.preprocess
+    if cfg.max_train_images:
+        positives = _labels(train, cfg.task) > 0
+        train = pd.concat([train[positives].head(cfg.max_train_images // 2),
+                           train[~positives].head(cfg.max_train_images - min(positives.sum(), cfg.max_train_images // 2))])  # fmt: skip
+    for name, rows in (("training", train), ("validation", val)):
+        if rows.empty or len(set(_labels(rows, cfg.task))) < 2:
+            raise ValueError(
+                f"{cfg.task}: the {name} rows of fold {fold} need both classes ({len(rows)} rows)"
+            )
+    used = pd.concat([train, val])
+    _, meta = ensure_manifest(data)
+    cache = ShardCache(manifest_path(data), meta["hash"], f"genesis-{cfg.task}-{prep.key()}",
+                       used.sample_id.tolist(), _RowLoader(preprocess, data["root"], {r["sample_id"]: r for r in used.to_dict("records")}, prep),
+                       shard_size=256)  # fmt: skip
+    labels = _labels(train, cfg.task)
+    if cfg.task == "luna16":
+        copies = np.where(labels > 0, cfg.positive_copies, 1)
+        spacing = np.array(
+            [list(s)[:2] if s is not None and len(s) >= 2 else [1.0, 1.0] for s in train.spacing],
+            float,
+        )
+        shift = cfg.shift_mm / np.maximum(
+            spacing[:, ::-1], 1e-3
+        )  # (x, y) mm spacing -> (rows, columns) pixels
+    else:
+        copies, shift = np.full(len(train), cfg.mura_copies), None
+    train_set = TaskImages(cache, train, labels, copies, size, cfg, shift)
+    val_set = TaskImages(cache, val, _labels(val, cfg.task), np.ones(len(val), int), size, cfg)
+    return train_set, val_set
+
+
+def manifest_hash(data: dict[str, Any], stage: str, cfg: Any) -> str:
+    """pretrain: the pool's key (its manifests and sampling); finetune: the task's manifest
+    and split settings."""
+    if stage == "pretrain":
+        if cfg.init != "genesis":
+            return ""
+        sources, hashes = pool_sources(data, cfg)
+        return pooling.pool_hash(sources, cfg.modality_caps, 0, hashes)
+    source = source_data(data, task_source(data, cfg.task))
+    _, meta = ensure_manifest(source)
+    return hashlib.sha256(f"{meta['hash']}|{source.get('split')}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- recipes
+
+
+class Plateau:
+    """Keras' ReduceLROnPlateau on a monitored loss: after ``patience`` epochs without a new
+    minimum the lr scale is multiplied by ``factor``. Replayed from the metric history on
+    resume, so every rank (and a restarted trial) holds the same scale."""
+
+    def __init__(self, key: str, factor: float, patience: int):
+        self.key, self.factor, self.patience = key, factor, patience
+        self.best, self.wait, self.scale = float("inf"), 0, 1.0
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        value = metrics.get(self.key)
+        if value is None or not np.isfinite(value):
+            return
+        if value < self.best:
+            self.best, self.wait = float(value), 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.scale *= self.factor
+            self.wait = 0
+
+
+def _sgd(groups: list[dict[str, Any]], cfg: GenesisStageConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _loader(dataset: Dataset, cfg: GenesisStageConfig, shuffle: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > cfg.batch_size,
+                      num_workers=cfg.num_workers if shuffle else 0, persistent_workers=shuffle and cfg.num_workers > 0)  # fmt: skip
+
+
+def pretrain_recipe(inp: StageInputs) -> Recipe:
+    cfg: PretrainConfig = inp.cfg
+    table, path, key = pool_table(inp.data, cfg)
+    roots = {name: s["root"] for name, s in inp.data["sources"].items()}
+    cache = ShardCache(path, key, f"genesis-pool-{cfg.cache_size}-{cfg.mri_norm}", table.pool_id.tolist(),
+                       _SliceLoader(table, roots, cfg), shard_size=64, dtype=np.uint8)  # fmt: skip
+    train_ids = table.pool_id[table.split == "train"].tolist()
+    if cfg.max_train_images:
+        train_ids = train_ids[:: max(1, len(train_ids) // cfg.max_train_images)][
+            : cfg.max_train_images
+        ]
+    val_ids = table.pool_id[table.split != "train"].tolist()  # val and test: the pool's 10 %
+    model = RestorationUNet(cfg.encoder, cfg.norm)
+    loader = _loader(RestorationPairs(cache, train_ids, cfg), cfg, shuffle=True)
+    val_loader = _loader(RestorationPairs(cache, val_ids, cfg, fixed=True), cfg, shuffle=False)
+    plateau = Plateau("pretrain/val_mse", cfg.plateau_factor, cfg.plateau_patience)
+    totals = pooling.modality_totals(table).to_csv(index=False)
+
+    def step(net: nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
+        corrupted, clean = (t.to(device, non_blocking=True) for t in batch)
+        restored = net(corrupted.expand(-1, 3, -1, -1))
+        return {"loss": F.mse_loss(restored.float(), clean)}
+
+    def evaluate(net: nn.Module, device: torch.device) -> dict[str, Any]:
+        errors = _restoration_errors(net, val_loader, device, cfg.amp)
+        return {"pretrain/val_mse": errors, f"{ARTIFACT}pool_totals.csv": totals}
+
+    return Recipe(
+        stage="pretrain", model=model, train_loader=loader,
+        make_optimizer=lambda m: _sgd([{"params": list(m.parameters())}], cfg),
+        lr_at=lambda s, total: cfg.lr * plateau.scale, step=step, epochs=cfg.epochs, evaluate=evaluate,
+        monitor="pretrain/val_mse", mode="min", amp=cfg.amp, on_metrics=plateau.update,
+    )  # fmt: skip
+
+
+def _restoration_errors(
+    net: nn.Module, loader: DataLoader, device: torch.device, amp: bool
+) -> float:
+    """Mean squared restoration error over ``loader`` (weights frozen)."""
+    was_training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    with (
+        torch.no_grad(),
+        torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
+    ):
+        for corrupted, clean in loader:
+            restored = net(corrupted.to(device).expand(-1, 3, -1, -1)).float()
+            total += float(F.mse_loss(restored, clean.to(device), reduction="sum"))
+            count += clean.numel()
+    net.train(was_training)
+    return total / max(count, 1)
+
+
+def load_best(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The stage's best weights (by its monitored metric), else its last."""
+    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    return state.get("best_model") or state["model"]
+
+
+def classifier(
+    pre: PretrainConfig, cfg: FinetuneConfig, upstream: Path | None
+) -> TransferClassifier:
+    """The classifier with its encoder initialised as ``pre.init`` says."""
+    model = TransferClassifier(pre.encoder, pre.norm, cfg.hidden, cfg.dropout)
+    if pre.init == "genesis":
+        if upstream is None:
+            raise ValueError("init=genesis needs the pretrain stage's checkpoint")
+        unet = RestorationUNet(pre.encoder, pre.norm)
+        unet.load_state_dict(load_best(upstream))
+        transfer_encoder(unet, model)
+    elif pre.init == "imagenet":
+        load_imagenet_encoder(model.encoder, pre.encoder, pre.imagenet_weights[pre.encoder])
+    return model
+
+
+def finetune_recipe(inp: StageInputs) -> Recipe:
+    cfg: FinetuneConfig = inp.cfg
+    pre = PretrainConfig.model_validate(inp.stages["pretrain"])
+    data = source_data(inp.data, task_source(inp.data, cfg.task))
+    train_set, val_set = task_datasets(data, inp.fold, cfg)
+    model = classifier(pre, cfg, inp.upstreams.get("pretrain"))
+    loader, val_loader = _loader(train_set, cfg, shuffle=True), _loader(val_set, cfg, shuffle=False)
+    plateau = Plateau("val/loss", cfg.plateau_factor, cfg.plateau_patience)
+    state: dict[str, Any] = {}
+
+    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        head = {id(p) for p in m.head_parameters()}
+        body = [p for p in m.parameters() if id(p) not in head]
+        state["optimizer"] = _sgd(
+            [{"params": body, "name": "encoder"}, {"params": m.head_parameters()}], cfg
+        )
+        return state["optimizer"]
+
+    def epoch_start(epoch: int) -> None:
+        """Head-only warm-up: the encoder's group at lr 0 with its BatchNorms in eval mode."""
+        warm = epoch <= cfg.warmup_epochs
+        model.freeze_encoder(warm)
+        optimizer = state["optimizer"]
+        for group in optimizer.param_groups:
+            if group.get("name") == "encoder":
+                group["fixed_lr"] = warm
+                if warm:
+                    group["lr"] = 0.0
+                elif epoch == cfg.warmup_epochs + 1:  # no momentum gathered while frozen
+                    for p in group["params"]:
+                        optimizer.state.pop(p, None)
+
+    def step(net: nn.Module, batch: Any, device: torch.device) -> dict[str, Any]:
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        bce = F.binary_cross_entropy_with_logits(net(x).float(), y)
+        penalty = cfg.l2 * model.l2_penalty()
+        return {"loss": bce + penalty, "bce": bce.detach()}
+
+    def epoch_end(outputs: list[dict[str, Any]]) -> dict[str, float]:
+        return {"bce": float(np.mean([o["bce"] for o in outputs]))}
+
+    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
+        return evaluate_classifier(net, val_loader, device, cfg.amp)
+
+    return Recipe(
+        stage="finetune", model=model, train_loader=loader, make_optimizer=make_optimizer,
+        lr_at=lambda s, total: cfg.lr * plateau.scale, step=step, epochs=cfg.epochs, evaluate=evaluate,
+        epoch_end=epoch_end, amp=cfg.amp, epoch_start=epoch_start, on_metrics=plateau.update,
+    )  # fmt: skip
+
+
+def evaluate_classifier(
+    net: nn.Module, loader: DataLoader, device: torch.device, amp: bool
+) -> dict[str, float]:
+    """``val/auc`` (ROC AUC), ``val/loss`` (BCE) and ``val/accuracy`` at probability 0.5."""
+    was_training = net.training
+    net.eval()
+    logits, labels = [], []
+    with (
+        torch.no_grad(),
+        torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
+    ):
+        for x, y in loader:
+            logits.append(net(x.to(device)).float().cpu())
+            labels.append(y)
+    net.train(was_training)
+    z, y = torch.cat(logits), torch.cat(labels)
+    return {
+        "val/auc": roc_auc(z.numpy(), y.numpy()),
+        "val/loss": float(F.binary_cross_entropy_with_logits(z, y)),
+        "val/accuracy": float(((z > 0).float() == y).float().mean()),
+    }
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    pre, fine = configs["pretrain"], configs["finetune"]
+    problems = []
+    if pre["init"] == "imagenet" and pre["norm"] == "instance":
+        problems.append(
+            ("pretrain.norm", "ImageNet weights carry BatchNorm statistics: use norm batch")
+        )
+    weights = pre["imagenet_weights"].get(pre["encoder"])
+    if pre["init"] == "imagenet" and weights and not Path(weights).is_file():
+        problems.append((f"pretrain.imagenet_weights.{pre['encoder']}", f"{weights}: no such file"))
+    if fine["warmup_epochs"] >= fine["epochs"]:
+        problems.append(
+            ("finetune.warmup_epochs", "must leave at least one epoch of full fine-tuning")
+        )
+    if pre["crop"] > pre["cache_size"]:
+        problems.append(("pretrain.crop", f"exceeds cache_size {pre['cache_size']}"))
+    return problems
+
+
+def check_data(data: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    sources = data.get("sources") or {}
+    problems = [("pretrain.pool", f"names no data source {name!r}; sources: {sorted(sources)}")
+                for name in configs["pretrain"]["pool"] if name not in sources]  # fmt: skip
+    task = configs["finetune"]["task"]
+    found = [n for n, s in sources.items() if s["format"] == task]
+    if len(found) != 1:
+        problems.append(
+            ("finetune.task", f"needs exactly one data source of format {task!r}, found {found}")
+        )
+    return problems
+
+
+def unavailable(data: dict[str, Any], configs: dict[str, dict[str, Any]]) -> str | None:
+    pre = configs["pretrain"]
+    if pre["init"] == "imagenet" and not pre["imagenet_weights"].get(pre["encoder"]):
+        return (f"init=imagenet needs pretrain.imagenet_weights.{pre['encoder']}, a local ImageNet file "
+                "of that encoder (nothing is downloaded); none is set, so this configuration is skipped")  # fmt: skip
+    return None
+
+
+# ----------------------------------------------------------------------------- report
+
+INIT_COLUMNS = {"scratch": "Scratch", "genesis": "Pre-trained", "imagenet": "ImageNet"}
+
+
+def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
+    """The seed's Figure 5.1 on the parent run (``figure_5_1.csv``): one row per (dataset,
+    backbone), one column per initialisation, mean ± std of the AUC over folds (n)."""
+    source = "objective" if metric == "val/auc" else "val/auc"
+    if source not in trials:
+        return []
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in summarise(trials, source).to_dict("records"):
+        first = trials[trials.config_id == r["config_id"]].iloc[0]
+        task, encoder = (
+            first.get("param.stages.finetune.task"),
+            first.get("param.stages.pretrain.encoder"),
+        )
+        row = rows.setdefault(
+            (task, encoder), {"Dataset": str(task).upper(), "Backbone": encoder, "Metric": "AUC"}
+        )
+        column = INIT_COLUMNS.get(
+            first.get("param.stages.pretrain.init"), str(first.get("param.stages.pretrain.init"))
+        )
+        row[column] = r["mean ± std"] + (f" ({r['n']})" if r["n"] > 1 else "")
+    table = pd.DataFrame(list(rows.values()))
+    path = out / "figure_5_1.csv"
+    table.to_csv(path, index=False)
+    return [path]
+
+
+METHOD = Method(
+    name="genesis_cls",
+    seed="002_b0d5352c0baa3cdc.txt",
+    data_format="sources",
+    stages={
+        "pretrain": StageDef(
+            "pretrain",
+            PretrainConfig,
+            pretrain_recipe,
+            cacheable=True,
+            per_fold=False,
+            skip=lambda cfg: cfg["init"] != "genesis",
+        ),
+        "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
+    },  # fmt: skip
+    monitor="val/auc",
+    tiny={
+        "pretrain": {
+            "encoder": "resnet18",
+            "epochs": 2,
+            "batch_size": 8,
+            "cache_size": 64,
+            "crop": 56,
+            "input_size": 32,
+            "num_workers": 0,
+            "amp": False,
+            "lr": 0.1,
+        },
+        "finetune": {
+            "epochs": 3,
+            "batch_size": 16,
+            "num_workers": 0,
+            "amp": False,
+            "image_size": 64,  # LUNA16's native patch; 32 px does not learn in a few epochs
+            "lr": 0.01,
+            "hidden": 32,
+            "body_part": "all",
+            "positive_copies": 2,
+            "mura_copies": 1,
+        },
+    },  # fmt: skip
+    smoke={
+        "pretrain": {"epochs": 2, "max_train_images": 64},
+        "finetune": {"epochs": 3, "max_train_images": 96},
+    },
+    smoke_cases=12,
+    smoke_max_t=3,
+    check=check,
+    check_data=check_data,
+    unavailable=unavailable,
+    prepare_data=prepare_data,
+    manifest_hash=manifest_hash,
+    report=report,
+    default_folds=luna16.FOLDS,
+)
