@@ -4,7 +4,8 @@ A method stage hands over a :class:`Recipe`; a :class:`Runtime` supplies distrib
 (DDP wrapping, sharded loaders, broadcast), checkpoint restore and reporting. The loop
 checkpoints at every evaluation, resumes from the runtime's latest checkpoint, keeps the
 best weights by the stage's monitored metric and stops early after ``patience`` epochs
-without improvement.
+without improvement. Each epoch also reports its throughput, data-wait share and time
+(and GPU memory on CUDA): see :mod:`raysuite.train.telemetry`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from raysuite.methods.nn.optim import set_lr
+from raysuite.train.meter import EpochMeter
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"  # per-epoch metrics, read back on stage-cache hits
@@ -127,7 +129,8 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             recipe.epoch_start(epoch)
         model.train()
         outputs: list[dict[str, Any]] = []
-        for i, batch in enumerate(loader):
+        meter = EpochMeter(device)
+        for i, batch in enumerate(meter.batches(loader)):
             step = (epoch - 1) * steps_per_epoch + i
             set_lr(optimizer, recipe.lr_at(step, total_steps))
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -140,7 +143,9 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             scaler.step(optimizer)
             scaler.update()
             outputs.append({k: (v.detach().float().item() if torch.is_tensor(v) and v.numel() == 1 else v) for k, v in out.items()})
+        timing = meter.stop(runtime.world_size)
         local = {f"{prefix}/loss": float(np.mean([o["loss"] for o in outputs]))}
+        local.update({f"{prefix}/{k}": v for k, v in timing.items()})
         if recipe.epoch_end is not None:
             local.update({f"{prefix}/{k}": v for k, v in recipe.epoch_end(outputs).items()})
         metrics = runtime.all_mean(local)

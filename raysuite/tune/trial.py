@@ -21,7 +21,7 @@ from raysuite.methods import METHODS
 from raysuite.plan import TrialPlan
 from raysuite.spec import Spec
 from raysuite.train.loop import HISTORY_FILE
-from raysuite.tune import stage_cache
+from raysuite.tune import stage_cache, telemetry
 from raysuite.tune.worker import run_job, stage_worker
 
 
@@ -45,6 +45,7 @@ def run_stage(
     # released: wait up to 30 min (Ray's default is 60 s) before calling it a failure.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
     loop_config = _stage_config(spec, plan, stage, upstreams)
+    loop_config["telemetry"] = {"experiment": spec.name, "trial": plan.trial_key}
     faults = spec.faults
     if faults and stage == faults.stage and faults.only_seed in (None, plan.configs[stage]["seed"]):
         loop_config.update(fail_marker=fail_marker, fail_at_epoch=faults.fail_once_at_epoch)
@@ -96,6 +97,7 @@ def run_trial(
                 return {"checkpoint": result.checkpoint.path, "stage": name, "history": _history(result)}
 
             marker, computed = stage_cache.get_or_compute(storage, plan.keys[name], name, run_name, compute, coordinator)
+            telemetry.record_stage_cache(spec.name, name, hit=not computed)
             if not computed:
                 print(f"[raysuite] {run_name}: stage {name} reused from the stage cache (key {plan.keys[name]})")
                 for row in marker.get("history", []):

@@ -20,16 +20,25 @@ from torch.utils.data import DataLoader
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
 from raysuite.train.loop import HISTORY_FILE, fit, seed_everything
+from raysuite.tune import telemetry
 
 
 class RayRuntime:
-    """:class:`~raysuite.train.loop.Runtime` over Ray Train V2 (gloo on CPU, NCCL on GPU)."""
+    """:class:`~raysuite.train.loop.Runtime` over Ray Train V2 (gloo on CPU, NCCL on GPU).
+    With ``telemetry_tags`` (``experiment``, ``trial``), rank 0 also exports each report's
+    epoch metrics to Ray's metrics (:mod:`raysuite.tune.telemetry`)."""
 
-    def __init__(self, fail_once_marker: str | None = None, fail_at_epoch: int | None = None):
+    def __init__(
+        self,
+        fail_once_marker: str | None = None,
+        fail_at_epoch: int | None = None,
+        telemetry_tags: dict[str, str] | None = None,
+    ):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._marker, self._fail_at = fail_once_marker, fail_at_epoch
+        self._telemetry_tags = telemetry_tags
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.world_size > 1 and self.device.type == "cuda":
@@ -66,6 +75,8 @@ class RayRuntime:
             yield Path(path)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if self._telemetry_tags is not None and self.rank == 0:
+            telemetry.record_epoch(metrics, **self._telemetry_tags)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if self._fail_at is None or not self._marker or os.path.exists(self._marker):
@@ -107,7 +118,7 @@ def stage_worker(config: dict[str, Any]) -> None:
     worker and report the job's output directory as the checkpoint; see ``raysuite.tune.trial``."""
     method = METHODS[config["method"]]
     stage = method.stages[config["stage"]]
-    runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"))
+    runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"), config.get("telemetry"))
     if stage.job is not None:
         with tempfile.TemporaryDirectory(prefix="raysuite-job-") as tmp:
             metrics = run_job(config, Path(tmp))
