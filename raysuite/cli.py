@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
@@ -55,13 +54,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise SpecError(path, "", str(err).removeprefix(f"{path}: ")) from None
         elif path.endswith(".json"):
-            try:
-                json.loads(Path(path).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise SpecError(path, "", f"invalid JSON: {err}") from None
+            from raysuite.report.dashboards import validate_dashboard
+
+            problems = validate_dashboard(path)
+            if problems:
+                first, *rest = problems
+                raise SpecError(path, first.key, first.message + "".join(f"\n  {p}" for p in rest))
         else:
             load_spec(path)
         print(f"ok  {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """SWEEP is a spec file (its ``name`` is the MLflow experiment) or an experiment name;
+    the newest sweep run of that experiment is reported unless ``--run`` names one. The
+    spec the sweep logged (as it ran, e.g. shrunk by --smoke) drives the report."""
+    import yaml
+
+    from raysuite.report.sweep_report import report_sweep
+    from raysuite.spec import parse_spec
+    from raysuite.track import mlflow_runs as track
+
+    given = load_spec(args.sweep) if Path(args.sweep).is_file() else None
+    experiment = given.name if given is not None else args.sweep
+    client = track.client()
+    try:
+        parent = args.run or track.latest_sweep(client, experiment)
+    except LookupError as err:
+        raise SpecError(args.sweep, "", str(err)) from None
+    logged = track.read_text(client, parent, "spec.yaml")
+    spec = parse_spec(yaml.safe_load(logged), f"run {parent}: spec.yaml") if logged else given
+    if spec is None:
+        raise SpecError(args.sweep, "", f"run {parent} has no spec.yaml artifact: pass the spec file")
+    out = Path(args.out or Path("reports") / experiment)
+    report = report_sweep(client, spec, parent, out)
+    if not report.summary.empty:
+        print(report.summary[["config", "n", "mean ± std"]].to_string(index=False))
+    print(f"report of run {parent} ({experiment}): {out / 'report.html'}; also on the run's artifacts")
     return 0
 
 
@@ -106,6 +136,11 @@ def parser() -> argparse.ArgumentParser:
     va = sub.add_parser("validate", help="check sweeps/*.yaml, cluster.yaml, dashboards/*.json")
     va.add_argument("paths", nargs="*")
     va.set_defaults(func=cmd_validate)
+    rp = sub.add_parser("report", help="summary, paired tests, cost and plots of a sweep, as report.html")
+    rp.add_argument("sweep", help="a sweep spec file or an MLflow experiment name")
+    rp.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
+    rp.add_argument("--run", default=None, help="the sweep's parent run id (default: the newest)")
+    rp.set_defaults(func=cmd_report)
     da = sub.add_parser("data", help="synthesise or ingest a dataset")
     dsub = da.add_subparsers(dest="action", required=True)
     sy = dsub.add_parser("synth")

@@ -151,6 +151,9 @@ class SearchSpec(Strict):
     repeats: dict[str, int] = Field(default_factory=dict)
     optuna: OptunaSpec | None = None
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    # what `raysuite report` compares every configuration against: an arm's name, or
+    # <stage>.<field> values marking the baseline configuration(s); default: the method's
+    baseline: str | dict[str, Any] | None = None
 
     @field_validator("repeats")
     @classmethod
@@ -166,6 +169,12 @@ class Objective(Strict):
     mode: Literal["max", "min"] = "max"
     scope: Literal["best", "last"] = "best"
 
+    @property
+    def column(self) -> str:
+        """The reported metric Tune optimises and summaries use: the metric itself with
+        ``scope: last``, its running best (``<metric>_best``) with ``scope: best``."""
+        return self.metric + ("_best" if self.scope == "best" else "")
+
 
 class Resources(Strict):
     workers_per_trial: int = Field(default=1, ge=1)
@@ -173,6 +182,10 @@ class Resources(Strict):
     cpus_per_worker: float = Field(default=1, gt=0)
     max_concurrent_trials: int = Field(default=1, ge=1)
     max_failures: int = Field(default=2, ge=0)
+    # turns the report's GPU- and CPU-hours (wall time x reserved devices) into money
+    price_per_gpu_hour: float | None = Field(default=None, ge=0)
+    price_per_cpu_hour: float | None = Field(default=None, ge=0)
+    currency: str = "USD"
 
 
 class Faults(Strict):
@@ -311,6 +324,10 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     keys += [("search.repeats", k) for k in spec.search.repeats if k != FOLD]
     if spec.search.optuna:
         keys += [("search.optuna.space", k) for k in spec.search.optuna.space]
+    baseline = spec.search.baseline
+    if isinstance(baseline, str) and baseline not in spec.search.arms:
+        raise SpecError(path, "search.baseline", f"{baseline!r} names no arm; arms: {list(spec.search.arms)}")
+    keys += [("search.baseline", k) for k in baseline] if isinstance(baseline, dict) else []
     for section, key in keys:
         stage, _, field = key.partition(".")
         if stage not in method.stages or not field:

@@ -84,6 +84,9 @@ class Method:
     # (data, stage configs) -> why this configuration cannot run here (its grid point is
     # skipped with that message), or None
     unavailable: Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | None] = lambda data, configs: None
+    # <stage>.<field> values of the arm the seed reports against (no pretraining, scratch,
+    # the prior method): the report's paired comparisons use it unless search.baseline says
+    baseline: dict[str, Any] = field(default_factory=dict)
     prepare_data: Callable[[dict[str, Any]], None] = lambda data: None
     manifest_hash: Callable[[dict[str, Any], str, Any], str] = lambda data, stage, cfg: ""
     # sweep-level plots: (finished trials with param.* columns, output dir, metric) -> files

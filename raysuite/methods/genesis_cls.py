@@ -786,6 +786,7 @@ METHOD = Method(
     unavailable=unavailable,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
+    baseline={"pretrain.init": "scratch"},
     report=report,
     default_folds=luna16.FOLDS,
 )

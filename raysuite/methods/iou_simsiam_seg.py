@@ -423,4 +423,5 @@ METHOD = Method(
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
+    baseline={"pretrain.iou_interval": None},
 )

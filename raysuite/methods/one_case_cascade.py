@@ -672,6 +672,7 @@ METHOD = Method(
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
+    baseline={"classifier.enabled": False, "segmenter.positives_only": False},
     report=report,
     default_folds=FOLDS,
     progress_stage="segmenter",

@@ -462,5 +462,6 @@ METHOD = Method(
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
+    baseline={"pretrain.fraction": 0.0},
     report=report,
 )

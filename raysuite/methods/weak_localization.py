@@ -579,6 +579,7 @@ METHOD = Method(
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
+    baseline={"train.loss": "li"},
     report=report,
     default_folds=cxr14.FOLDS,
     progress_stage="train",

@@ -137,16 +137,50 @@ def log_file(c: MlflowClient, run_id: str, path: str | Path) -> None:
 
 
 def child_table(c: MlflowClient, parent_id: str) -> pd.DataFrame:
-    """One row per child run: its tags (without the ``raysuite.`` prefix), status, params
-    (as ``param.<key>``, JSON text) and the latest value of every metric."""
-    rows = []
+    """One row per child run: its tags (without the ``raysuite.`` prefix), status,
+    ``start_time``/``end_time`` (ms since the epoch; end NaN while running), params (as
+    ``param.<key>``, JSON text) and the latest value of every metric. The metric names are
+    in ``table.attrs["metrics"]``."""
+    rows, metrics = [], set()
     for run in children(c, parent_id):
-        row = {"run_id": run.info.run_id, "status": run.info.status}
+        row = {"run_id": run.info.run_id, "status": run.info.status,
+               "start_time": run.info.start_time, "end_time": run.info.end_time}  # fmt: skip
         row.update({k.removeprefix("raysuite."): v for k, v in run.data.tags.items() if k.startswith("raysuite.")})
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         row.update(run.data.metrics)
+        metrics.update(run.data.metrics)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["metrics"] = sorted(metrics)
+    return table
+
+
+def latest_sweep(c: MlflowClient, experiment: str) -> str:
+    """Run id of the newest sweep (parent) run of ``experiment``; LookupError if none."""
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {c.tracking_uri}")
+    found = c.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'sweep'",
+                          order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    if not found:
+        raise LookupError(f"experiment {experiment!r} has no sweep run")
+    return found[0].info.run_id
+
+
+def run_info(c: MlflowClient, run_id: str) -> dict[str, Any]:
+    """Experiment name, run name, status and tags of a run."""
+    run = c.get_run(run_id)
+    return {"experiment": c.get_experiment(run.info.experiment_id).name, "run_name": run.info.run_name,
+            "status": run.info.status, "tags": dict(run.data.tags)}  # fmt: skip
+
+
+def read_text(c: MlflowClient, run_id: str, name: str) -> str | None:
+    """The run's text artifact ``name``, or None when it has none."""
+    folder = name.rpartition("/")[0] or None
+    if name not in {a.path for a in c.list_artifacts(run_id, folder)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(c.download_artifacts(run_id, name, tmp)).read_text()
 
 
 def metric_history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

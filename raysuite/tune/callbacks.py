@@ -36,7 +36,10 @@ def _log_fresh(client: Any, run_id: str, metrics: dict[str, Any], seen: dict[str
 
 
 def trial_params(p: TrialPlan) -> dict[str, Any]:
-    return {"stages": p.configs, "repeat": p.repeat}
+    """Resolved stage configs, the repeat, and the configuration as searched (``search.*``:
+    grid, arm and Optuna values before a method folds them into its config, e.g. seed
+    001's iou_min/iou_width into iou_interval), which the report's Optuna plots read."""
+    return {"stages": p.configs, "repeat": p.repeat, "search": p.overrides}
 
 
 def trial_tags(p: TrialPlan) -> dict[str, str]:

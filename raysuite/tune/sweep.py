@@ -27,7 +27,6 @@ from ray.tune.search.optuna import OptunaSearch
 from raysuite.data.privacy import salt_env
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.report.summary import summarise
 from raysuite.spec import Spec, config_label, repeat_points, skipped_points
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import stage_cache
@@ -37,6 +36,7 @@ from raysuite.tune.callbacks import (
     trial_params,
     trial_tags,
 )
+from raysuite.tune.telemetry import TrialStateCallback
 from raysuite.tune.trial import run_trial
 
 STATE = "sweep.json"
@@ -54,10 +54,6 @@ class SweepOutcome:
 def storage_root(spec: Spec) -> str:
     root = spec.storage or os.environ.get("RAYSUITE_STORAGE") or str(Path.cwd() / "ray_results")
     return root if "://" in root else str(Path(root).expanduser().resolve())
-
-
-def tune_metric(spec: Spec) -> str:
-    return spec.objective.metric + ("_best" if spec.objective.scope == "best" else "")
 
 
 def init_ray(address: str | None) -> None:
@@ -100,9 +96,9 @@ def _studies(spec: Spec) -> list[str]:
     return studies
 
 
-def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: MlflowTuneCallback) -> tune.Tuner:
+def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callbacks: list[tune.Callback]) -> tune.Tuner:
     method = METHODS[spec.method]
-    metric, mode = tune_metric(spec), spec.objective.mode
+    metric, mode = spec.objective.column, spec.objective.mode
     scheduler = None
     # ASHA prunes the search; a grid (or arms) beside an Optuna study is the baseline: run it whole.
     if spec.search.scheduler.asha and (study == "optuna" or not spec.search.optuna):
@@ -130,7 +126,7 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callback: Mlflo
             max_concurrent_trials=spec.resources.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
-            name=study, storage_path=exp_dir, callbacks=[callback],
+            name=study, storage_path=exp_dir, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
         ),
     )  # fmt: skip
@@ -170,7 +166,7 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     if skipped:
         print("skipped configurations:\n  " + "\n  ".join(skipped), flush=True)
         track.log_text(client, parent, "skipped.txt", "\n".join(skipped) + "\n")
-    callback = MlflowTuneCallback(spec, parent, uri)
+    callbacks = [MlflowTuneCallback(spec, parent, uri), TrialStateCallback(spec.name)]
     trainable = tune.with_parameters(
         _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"], coordinator=coordinator
     )
@@ -183,7 +179,7 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
             if resume and tune.Tuner.can_restore(path):
                 tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
-                tuner = _tuner(spec, study, trainable, exp_dir, callback)
+                tuner = _tuner(spec, study, trainable, exp_dir, callbacks)
             grid = tuner.fit()
             failed |= any(r.error is not None for r in grid)
     except BaseException:
@@ -199,57 +195,17 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
 
 
 def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], out: Path) -> SweepOutcome:
-    trials = track.child_table(client, parent)
-    metric = tune_metric(spec)
-    if not trials.empty and metric in trials:
-        trials = trials.rename(columns={metric: "objective"})
-    else:
-        trials["objective"] = float("nan")
-    finished = trials[trials.status == "FINISHED"] if not trials.empty else trials
-    summary = summarise(finished) if not finished.empty else pd.DataFrame()
-    if not summary.empty:
-        summary = summary.sort_values("mean", ascending=spec.objective.mode == "min", ignore_index=True)
-        summary.insert(0, "metric", metric)
+    """Stage-cache counts on the parent, then the sweep's report (summary.csv, the paired
+    comparison, cost, plots, report.html: :mod:`raysuite.report.sweep_report`)."""
     stage_runs = {stage: len(keys) for stage, keys in stats["computed"].items()}
     metrics = {f"stage_cache/{s}_trainings": float(n) for s, n in stage_runs.items()}
     metrics.update({f"stage_cache/{s}_hits": float(n) for s, n in stats["hits"].items()})
-    metrics["trials/finished"] = float((trials.status == "FINISHED").sum()) if not trials.empty else 0.0
-    metrics["trials/failed"] = float((trials.status == "FAILED").sum()) if not trials.empty else 0.0
+    from raysuite.report.sweep_report import report_sweep  # not in every trial's driver process
+
+    report = report_sweep(client, spec, parent, out)
     track.log_metrics(client, parent, metrics, 0, 0)
-    track.log_text(client, parent, "summary.csv", summary.to_csv(index=False))
     track.log_text(client, parent, "stage_cache_keys.json", json.dumps(stats["computed"], indent=1))
-    (out / "summary.csv").write_text(summary.to_csv(index=False))
-    curves = _plot_curves(client, trials, spec.objective.metric, out)
-    if curves is not None:
-        track.log_file(client, parent, curves)
-    if not finished.empty:
-        for path in METHODS[spec.method].report(finished, out, spec.objective.metric):
-            track.log_file(client, parent, path)
-    return SweepOutcome(parent, summary, stage_runs, trials)
-
-
-def _plot_curves(client: Any, trials: pd.DataFrame, metric: str, out: Path) -> Path | None:
-    if trials.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for row in trials.itertuples():
-        points = track.metric_history(client, row.run_id, metric)
-        if points:
-            steps, values = zip(*sorted(points), strict=True)
-            ax.plot(steps, values, marker="o", ms=3, alpha=0.8, label=f"{row.config} | {row.repeat}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = out / "training_curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return SweepOutcome(parent, report.summary, stage_runs, report.trials)
 
 
 def run_single(spec: Spec, address: str | None = None) -> str:

@@ -1,0 +1,242 @@
+"""The report of one sweep: what ``raysuite report`` writes and what a sweep leaves on its
+parent run when it ends (the same files, by the same code).
+
+Files, in ``out`` and as the parent run's artifacts:
+``summary.csv`` (one row per configuration: n, mean, std, 95 % CI of the objective and of
+every other final metric, GPU/CPU-hours, cost), ``comparison.csv`` (each configuration vs
+its baseline, paired t and Wilcoxon over shared seeds/folds), ``trials.csv`` (one row per
+trial with its cost), the method's own tables (Figure 5.1, Table 1, ...), the plots, and
+``report.html`` holding all of it. Cost totals also go to the parent as ``cost/*`` metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raysuite.methods import METHODS
+from raysuite.report import html, plots
+from raysuite.report.tables import (
+    STATS,
+    baseline_comparison,
+    baseline_configs,
+    decode,
+    summary_table,
+    sweep_cost,
+    trial_cost,
+)
+from raysuite.spec import Spec
+from raysuite.track import mlflow_runs as track
+
+COLLAPSE = "pretrain/collapse"
+
+
+@dataclass
+class SweepRuns:
+    """A sweep as its MLflow runs hold it. ``trials``: :func:`track.child_table` with the
+    objective column renamed ``objective``; ``histories``: run_id -> [(epoch, value)] of the
+    objective metric; ``collapse``: the same for ``pretrain/collapse``."""
+
+    parent_id: str
+    experiment: str
+    trials: pd.DataFrame
+    metrics: list[str]
+    histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    collapse: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    files: list[Path]
+    summary: pd.DataFrame
+    comparison: pd.DataFrame
+    cost: dict[str, float]
+    trials: pd.DataFrame  # as fetched: every trial, failed ones included
+
+
+def fetch(client: Any, spec: Spec, parent_id: str) -> SweepRuns:
+    """Read the sweep under ``parent_id`` back from MLflow."""
+    trials = track.child_table(client, parent_id)
+    metrics = list(trials.attrs.get("metrics", []))
+    column = spec.objective.column
+    trials = (
+        trials.rename(columns={column: "objective"})
+        if column in trials
+        else trials.assign(objective=math.nan)
+    )
+    runs = trials.run_id.tolist() if not trials.empty else []
+    histories = {r: track.metric_history(client, r, spec.objective.metric) for r in runs}
+    collapse = (
+        {r: track.metric_history(client, r, COLLAPSE) for r in runs} if COLLAPSE in metrics else {}
+    )
+    skipped = (track.read_text(client, parent_id, "skipped.txt") or "").splitlines()
+    info = track.run_info(client, parent_id)
+    return SweepRuns(parent_id, info["experiment"], trials, [m for m in metrics if m != column],
+                     histories, collapse, [s for s in skipped if s])  # fmt: skip
+
+
+def baseline_of(spec: Spec) -> str | dict[str, Any]:
+    return (
+        spec.search.baseline if spec.search.baseline is not None else METHODS[spec.method].baseline
+    )
+
+
+def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
+    """Write every file of the report into ``out`` (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    trials = runs.trials
+    finished = trials[trials.status == "FINISHED"] if not trials.empty else trials
+    resources = spec.resources.model_dump()
+    metric = spec.objective.column
+    summary = (
+        summary_table(finished, runs.metrics, resources) if not finished.empty else pd.DataFrame()
+    )
+    if not summary.empty:
+        summary = summary.sort_values(
+            "mean", ascending=spec.objective.mode == "min", ignore_index=True
+        )
+        summary.insert(0, "metric", metric)
+    baseline = baseline_of(spec)
+    bases = baseline_configs(finished, baseline) if baseline and not finished.empty else []
+    comparison = baseline_comparison(finished, baseline) if bases else pd.DataFrame()
+    per_trial = _trial_table(trials, resources)
+    cost = sweep_cost(trials, resources) if not trials.empty else {}
+    files = []
+    for name, frame in (
+        ("summary.csv", summary),
+        ("comparison.csv", comparison),
+        ("trials.csv", per_trial),
+    ):
+        (out / name).write_text(frame.to_csv(index=False))
+        files.append(out / name)
+    method_files = (
+        list(METHODS[spec.method].report(finished, out, spec.objective.metric))
+        if not finished.empty
+        else []
+    )
+    figures = [f for f in _figures(spec, runs, finished, summary, bases, out) if f is not None]
+    files += method_files + figures
+    page = _page(spec, runs, summary, comparison, bases, baseline, cost, method_files, figures)
+    (out / "report.html").write_text(page)
+    files.append(out / "report.html")
+    return Report(files, summary, comparison, cost, trials)
+
+
+def _trial_table(trials: pd.DataFrame, resources: dict[str, Any]) -> pd.DataFrame:
+    if trials.empty:
+        return pd.DataFrame()
+    columns = [c for c in ("run_id", "config", "repeat", "status", "objective") if c in trials]
+    return pd.concat([trials[columns], trial_cost(trials, resources)], axis=1)
+
+
+def _figures(
+    spec: Spec,
+    runs: SweepRuns,
+    finished: pd.DataFrame,
+    summary: pd.DataFrame,
+    bases: list[str],
+    out: Path,
+) -> list[Path | None]:
+    if finished.empty:
+        return []
+    ranked = finished.dropna(subset=["objective"])
+    best = None
+    if not ranked.empty:
+        best = ranked.loc[
+            ranked.objective.idxmax()
+            if spec.objective.mode == "max"
+            else ranked.objective.idxmin(),
+            "run_id",
+        ]
+    figures = [
+        plots.config_bars(summary, finished, spec.objective.column, bases, out),
+        plots.training_curves(finished, runs.histories, spec.objective.metric, best, out),
+        plots.collapse_curves(finished, runs.collapse, out),
+    ]
+    if spec.search.optuna:
+        from raysuite.tune.optuna_importance import param_importances
+
+        space = spec.search.optuna.space
+        columns = {f"param.search.{k}": k for k in space}
+        searched = finished.dropna(subset=[c for c in columns if c in finished] or ["objective"])
+        if set(columns) <= set(searched.columns) and len(searched) >= 2:
+            points = searched[list(columns)].map(decode).rename(columns=columns)
+            points["objective"] = searched.objective
+            log_axes = [k for k, d in space.items() if hasattr(d, "loguniform")]
+            figures.append(plots.parallel_coordinates(points, log_axes, spec.objective.column, out))
+            figures.append(
+                plots.importance_bars(param_importances(points, space, spec.objective.mode), out)
+            )
+    return figures
+
+
+def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.DataFrame, bases: list[str],
+          baseline: Any, cost: dict[str, float], method_files: list[Path], figures: list[Path]) -> str:  # fmt: skip
+    status = runs.trials.status.value_counts().to_dict() if not runs.trials.empty else {}
+    facts = {
+        "experiment": runs.experiment, "parent run": runs.parent_id, "method": f"{spec.method} (seed {METHODS[spec.method].seed})",
+        "objective": f"{spec.objective.column} ({spec.objective.mode})",
+        "trials": ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.items())) or "none",
+        "baseline": f"{baseline}" + ("" if bases else " (no configuration of this sweep matches it)"),
+        "device-hours": f"{cost.get('gpu_hours', 0.0):.3f} GPU-h, {cost.get('cpu_hours', 0.0):.3f} CPU-h (wall time × reserved devices)",
+    }  # fmt: skip
+    if "cost" in cost:
+        facts["cost"] = f"{cost['cost']:.2f} {spec.resources.currency}"
+    if runs.skipped:
+        facts["skipped"] = "; ".join(runs.skipped)
+    highlight = [i for i, cid in enumerate(summary.get("config_id", [])) if cid in bases]
+    sections = [
+        ("Configurations", f'<p class="note">{spec.objective.column}: mean, sample std and the 95 % t-interval '
+         "of the mean over repeats, and the device-hours of the configuration's trials; grey rows are the "
+         "baseline.</p>" + html.table(_main_columns(summary), highlight)),
+        ("Other final metrics", '<p class="note">Mean ± std over the same repeats.</p>'
+         + html.table(_other_metrics(summary), highlight)),
+        ("Against the baseline", '<p class="note">Paired over the seeds/folds both configurations finished: '
+         "paired t-test and Wilcoxon signed-rank (two-sided; with 5 pairs or fewer Wilcoxon cannot go below "
+         "p = 0.0625).</p>" + html.table(comparison)),
+    ]  # fmt: skip
+    for path in method_files:
+        if path.suffix == ".csv":
+            sections.append((_title(path), html.table(pd.read_csv(path).fillna(""))))
+    images = [path for path in [*method_files, *figures] if path.suffix == ".png"]
+    sections += [(_title(path), html.image(path)) for path in images]
+    return html.page(f"raysuite report: {runs.experiment}", facts, sections)
+
+
+def _main_columns(summary: pd.DataFrame) -> pd.DataFrame:
+    keep = ("config", *STATS, "min", "max", "gpu_hours", "cpu_hours", "cost")
+    return summary[[c for c in keep if c in summary]]
+
+
+def _other_metrics(summary: pd.DataFrame) -> pd.DataFrame:
+    """config x metric, each cell ``mean ± std`` (empty where no trial logged it)."""
+    table = pd.DataFrame({"config": summary.get("config", pd.Series(dtype=str))})
+    for metric in dict.fromkeys(c.removesuffix(" mean") for c in summary if c.endswith(" mean")):
+        means, stds = summary[f"{metric} mean"], summary[f"{metric} std"]
+        table[metric] = [
+            f"{m:.4g} ± {s:.2g}" if not math.isnan(m) else ""
+            for m, s in zip(means, stds, strict=True)
+        ]
+    return table
+
+
+def _title(path: Path) -> str:
+    """``figure_5_1.csv`` -> "Figure 5.1", ``config_bars.png`` -> "Config bars"."""
+    return re.sub(r"(\d)_(?=\d)", r"\1.", path.stem).replace("_", " ").capitalize()
+
+
+def report_sweep(client: Any, spec: Spec, parent_id: str, out: Path) -> Report:
+    """Fetch the sweep, write its report into ``out`` and log every file and the cost
+    totals to its parent run."""
+    report = write_report(spec, fetch(client, spec, parent_id), out)
+    for path in report.files:
+        track.log_file(client, parent_id, path)
+    if report.cost:
+        track.log_metrics(client, parent_id, {f"cost/{k}": v for k, v in report.cost.items()}, 0, 0)
+    return report

@@ -1,0 +1,171 @@
+"""The report's tables, from the sweep's child runs as :func:`raysuite.track.mlflow_runs.child_table`
+gives them (one row per trial: ``config_id``, ``config``, ``repeat``, ``status``,
+``start_time``/``end_time`` in ms, ``param.*`` as JSON text, the objective renamed
+``objective`` and every other final metric under its own name).
+
+- :func:`summary_table`: one row per configuration, n, mean, std and 95 % CI of the
+  objective and of every other final metric, and its GPU/CPU-hours and cost.
+- :func:`baseline_comparison`: each configuration against its baseline, paired over the
+  repeats (seeds / folds) both ran.
+- :func:`trial_cost` / :func:`sweep_cost`: device-hours from wall time and reservations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from raysuite.report.stats import describe, paired
+
+# Bookkeeping a trial reports every epoch: summarising it over repeats says nothing.
+_NOT_SUMMARISED = ("/epoch", "/lr", "_best")
+STATS = ("n", "mean", "std", "ci95_low", "ci95_high")
+
+
+def decode(value: Any) -> Any:
+    """A param as MLflow stores it (strings raw, anything else JSON) back to a value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def encoded(value: Any) -> Any:
+    """``value`` as it reads back from MLflow, so a spec's ``0`` equals a logged ``0.0``."""
+    return decode(value if isinstance(value, str) else json.dumps(value))
+
+
+def summarised_metrics(trials: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The final metrics worth a mean over repeats: raysuite's own (``<stage>/<name>``,
+    ``val/<name>``; Tune's ``pid``, ``timestamp``, ``iterations_since_restore``... have no
+    ``/``), numeric, not bookkeeping."""
+    return [m for m in metrics if m in trials and "/" in m and not m.endswith(_NOT_SUMMARISED)
+            and not m.startswith("stage_cache/")
+            and pd.api.types.is_numeric_dtype(trials[m])]  # fmt: skip
+
+
+def trial_cost(trials: pd.DataFrame, resources: Mapping[str, Any]) -> pd.DataFrame:
+    """Per trial: ``wall_h`` (run start to end; unfinished runs count nothing), and
+    ``gpu_hours`` / ``cpu_hours`` = wall × workers × devices per worker, i.e. what the
+    trial held while it ran (an upper bound of what it used: a trial waiting on another's
+    pretraining still holds its reservation). ``cost`` adds the spec's prices when set."""
+    wall = (trials["end_time"] - trials["start_time"]).clip(lower=0) / 3.6e6
+    workers = resources.get("workers_per_trial", 1)
+    out = pd.DataFrame({"wall_h": wall.fillna(0.0)}, index=trials.index)
+    out["gpu_hours"] = out.wall_h * workers * resources.get("gpus_per_worker", 0)
+    out["cpu_hours"] = out.wall_h * workers * resources.get("cpus_per_worker", 1)
+    gpu_price, cpu_price = resources.get("price_per_gpu_hour"), resources.get("price_per_cpu_hour")
+    if gpu_price is not None or cpu_price is not None:
+        out["cost"] = out.gpu_hours * (gpu_price or 0.0) + out.cpu_hours * (cpu_price or 0.0)
+    return out
+
+
+def sweep_cost(trials: pd.DataFrame, resources: Mapping[str, Any]) -> dict[str, float]:
+    """Totals over every trial that ran, failed ones included (they were paid for)."""
+    cost = trial_cost(trials, resources)
+    return {k: float(cost[k].sum()) for k in cost}
+
+
+def summary_table(
+    trials: pd.DataFrame, metrics: list[str], resources: Mapping[str, Any]
+) -> pd.DataFrame:
+    """One row per configuration of the finished ``trials``: ``config_id``, ``config``,
+    the objective's n, mean, std, min, max, ci95_low, ci95_high and ``mean ± std`` text,
+    ``<metric> mean|std|ci95_low|ci95_high`` for every metric of :func:`summarised_metrics`,
+    and the configuration's ``gpu_hours``, ``cpu_hours`` (and ``cost``)."""
+    cost = trial_cost(trials, resources)
+    rows = []
+    for (cid, label), group in trials.groupby(["config_id", "config"], sort=False):
+        row: dict[str, Any] = {
+            "config_id": cid,
+            "config": label,
+            **describe(group["objective"].tolist()),
+        }
+        row["mean ± std"] = (f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1
+                             else f"{row['mean']:.4f} (n={row['n']})")  # fmt: skip
+        for metric in summarised_metrics(trials, metrics):
+            d = describe(group[metric].tolist())
+            row.update({f"{metric} {k}": d[k] for k in STATS[1:]})
+        row.update(cost.loc[group.index].sum().drop("wall_h").to_dict())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _config_params(trials: pd.DataFrame) -> pd.DataFrame:
+    """config_id -> its decoded ``param.stages.*`` and ``param.search.arm`` (seeds dropped)."""
+    columns = [
+        c
+        for c in trials
+        if (c.startswith("param.stages.") and not c.endswith(".seed")) or c == "param.search.arm"
+    ]
+    first = trials.groupby("config_id", sort=False)[columns].first()
+    return first.map(decode)
+
+
+def baseline_configs(trials: pd.DataFrame, baseline: str | Mapping[str, Any]) -> list[str]:
+    """config_ids that are the baseline: the arm named ``baseline``, or every configuration
+    whose ``<stage>.<field>`` values equal ``baseline``'s (nested values compared leaf by leaf)."""
+    params = _config_params(trials)
+    if isinstance(baseline, str):
+        column = params.get("param.search.arm")
+        return [] if column is None else column.index[column == baseline].tolist()
+    wanted = {f"param.stages.{k}": encoded(v) for k, v in _leaves(baseline).items()}
+    if any(c not in params for c in wanted):
+        return []
+    match = pd.Series(True, index=params.index)
+    for column, value in wanted.items():
+        match &= params[column].map(lambda v, value=value: v == value)
+    return match.index[match].tolist()
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(
+            _leaves(value, f"{name}.") if isinstance(value, Mapping) and value else {name: value}
+        )
+    return out
+
+
+def _key(value: Any) -> str:
+    """A hashable, comparable text of a decoded param (numpy scalars as Python ones)."""
+    return json.dumps(value, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+
+
+def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any]) -> pd.DataFrame:
+    """Every non-baseline configuration against the baseline configuration most like it
+    (equal on the most other settings: genesis VGG-16 on LUNA16 meets scratch VGG-16 on
+    LUNA16), paired over the repeats (``repeat``: seeds and fold) both finished.
+
+    Columns: config, baseline, n_pairs, mean, baseline_mean (over the pairs), mean_diff,
+    t, p_t, w, p_wilcoxon (:func:`raysuite.report.stats.paired`). Empty when no
+    configuration is the baseline."""
+    bases = baseline_configs(trials, baseline)
+    if not bases:
+        return pd.DataFrame()
+    params = _config_params(trials)
+    varied = [c for c in params if params[c].map(_key).nunique() > 1]
+    labels = trials.groupby("config_id", sort=False)["config"].first()
+    rows = []
+    for cid in labels.index:
+        if cid in bases:
+            continue
+        same = {
+            b: sum(_key(params.at[cid, c]) == _key(params.at[b, c]) for c in varied)
+            for b in bases
+        }
+        base = max(bases, key=lambda b: same[b])
+        mine = trials[trials.config_id == cid].groupby("repeat")["objective"].mean()
+        theirs = trials[trials.config_id == base].groupby("repeat")["objective"].mean()
+        shared = mine.index.intersection(theirs.index)
+        test = paired(mine[shared].tolist(), theirs[shared].tolist())
+        rows.append({"config": labels[cid], "baseline": labels[base], "n_pairs": test["n_pairs"],
+                     "mean": float(mine[shared].mean()), "baseline_mean": float(theirs[shared].mean()),
+                     **{k: test[k] for k in ("mean_diff", "t", "p_t", "w", "p_wilcoxon")}})  # fmt: skip
+    return pd.DataFrame(rows)

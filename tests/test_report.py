@@ -1,0 +1,287 @@
+"""``raysuite report`` from an MLflow store with planted sweep runs: the summary's statistics
+and cost, the paired comparison against the baseline arm, Optuna's plots, a self-contained
+report.html, the parent's artifacts; and an ``mlflow server`` on the store serving the
+parent and child runs over its REST API."""
+
+import base64
+import json
+import math
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from raysuite.cli import main
+from raysuite.report.sweep_report import report_sweep
+from raysuite.spec import parse_spec
+from raysuite.track import mlflow_runs as track
+
+T0 = 1_700_000_000_000  # ms
+
+SPEC = {
+    "name": "planted",
+    "method": "iou_simsiam_seg",
+    "data": {"format": "flare22", "root": "/nonexistent/flare22"},
+    "search": {
+        "grid": {"pretrain.iou_interval": [[0.3, 0.6], None]},
+        "repeats": {"finetune.seed": 3},
+    },
+    "objective": {"metric": "val/dice", "mode": "max", "scope": "last"},
+    "resources": {
+        "workers_per_trial": 2,
+        "gpus_per_worker": 1,
+        "cpus_per_worker": 4,
+        "price_per_gpu_hour": 2.0,
+    },
+}
+# (config label, interval, final Dice per finetune seed)
+ARMS = [
+    ("interval 0.3-0.6", [0.3, 0.6], [0.80, 0.84, 0.79]),
+    ("no pretraining", None, [0.75, 0.77, 0.78]),
+]
+
+
+def plant(uri: str, spec: dict, arms=ARMS, searched: list[dict] | None = None) -> str:
+    """A finished sweep: the parent with its spec.yaml, one child per (arm, seed) with
+    params, tags, a 3-epoch objective history and a 30-minute wall time; ``searched[i]``:
+    arm i's values as an Optuna search drew them."""
+    c = MlflowClient(uri)
+    parent = track.start_parent(c, spec["name"], {"spec": spec}, {"mlflow.runName": "sweep-x"})
+    track.log_text(c, parent, "spec.yaml", yaml.safe_dump(spec))
+    exp = c.get_run(parent).info.experiment_id
+    for cid, (label, interval, values) in enumerate(arms):
+        for seed, value in enumerate(values):
+            repeat = {"finetune.seed": seed}
+            run = c.create_run(exp, start_time=T0, run_name=f"{label} {seed}", tags={
+                track.ROLE: "trial", track.PARENT: parent, "raysuite.config_id": f"c{cid}",
+                "raysuite.config": label, "raysuite.repeat": json.dumps(repeat),
+            }).info.run_id  # fmt: skip
+            params = {
+                "stages": {"pretrain": {"iou_interval": interval}, "finetune": {"seed": seed}},
+                "repeat": repeat,
+            }
+            if searched:
+                params["search"] = searched[cid]
+            track.log_params(c, run, params)
+            for epoch, frac in enumerate((0.5, 0.8, 1.0), start=1):
+                track.log_metrics(c, run, {"val/dice": value * frac, "finetune/loss": 1 - value * frac,
+                                           "finetune/epoch": epoch}, epoch, T0)  # fmt: skip
+            c.set_terminated(run, "FINISHED", end_time=T0 + 30 * 60 * 1000)
+    track.end_run(c, parent)
+    return parent
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_report_from_planted_runs(store, tmp_path):
+    parent = plant(store, SPEC)
+    client = MlflowClient(store)
+    report = report_sweep(client, parse_spec(SPEC), parent, tmp_path / "r")
+
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv").set_index("config")
+    ours = summary.loc["interval 0.3-0.6"]
+    std = math.sqrt(((0.80 - 0.81) ** 2 + (0.84 - 0.81) ** 2 + (0.79 - 0.81) ** 2) / 2)
+    assert ours.n == 3 and ours["mean"] == pytest.approx(0.81) and ours["std"] == pytest.approx(std)
+    assert ours.ci95_high - ours["mean"] == pytest.approx(
+        4.303 * std / math.sqrt(3), rel=1e-3
+    )  # t(0.975, 2)
+    assert ours["finetune/loss mean"] == pytest.approx(0.19)  # every other final metric, too
+    assert "finetune/epoch mean" not in summary  # bookkeeping is not summarised
+    # 3 trials x 0.5 h x 2 workers x 1 GPU; CPU: x 4 per worker; priced at 2 per GPU-hour
+    assert ours.gpu_hours == pytest.approx(3.0) and ours.cpu_hours == pytest.approx(12.0)
+    assert ours.cost == pytest.approx(6.0) and report.cost["gpu_hours"] == pytest.approx(6.0)
+    assert summary.index[0] == "interval 0.3-0.6"  # best first
+
+    comparison = pd.read_csv(tmp_path / "r" / "comparison.csv")
+    (row,) = comparison.itertuples()
+    assert (row.config, row.baseline, row.n_pairs) == ("interval 0.3-0.6", "no pretraining", 3)
+    diffs = np.array([0.05, 0.07, 0.01])
+    t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(3))
+    assert row.mean_diff == pytest.approx(diffs.mean()) and row.t == pytest.approx(t)
+    assert row.w == 0.0 and row.p_wilcoxon == pytest.approx(0.25)  # all 3 positive: 2 of 8 patterns
+
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "interval 0.3-0.6" in page and "Against the baseline" in page
+    assert not re.search(
+        r"""(src|href)=["']?(https?:)?//""", page
+    )  # nothing fetched from a network
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {
+        "summary.csv",
+        "comparison.csv",
+        "trials.csv",
+        "report.html",
+        "config_bars.png",
+        "training_curves.png",
+    } <= artifacts
+    assert client.get_run(parent).data.metrics["cost/cost"] == pytest.approx(12.0)
+
+
+def test_cli_report_by_spec_or_experiment(store, tmp_path, capsys):
+    plant(store, SPEC)
+    spec_file = tmp_path / "planted.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    assert main(["report", str(spec_file), "--out", str(tmp_path / "a")]) == 0
+    assert main(["report", "planted", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "report.html").exists() and (tmp_path / "b" / "summary.csv").exists()
+    assert main(["report", "no-such-experiment"]) == 2
+    assert "no MLflow experiment named 'no-such-experiment'" in capsys.readouterr().err
+
+
+def test_spec_baseline_names_an_arm_or_stage_fields():
+    with pytest.raises(Exception, match="search.baseline"):
+        parse_spec({**SPEC, "search": {**SPEC["search"], "baseline": "nope"}})
+    with pytest.raises(Exception, match="search.baseline.pretrain.iou_intervall"):
+        parse_spec(
+            {**SPEC, "search": {**SPEC["search"], "baseline": {"pretrain.iou_intervall": None}}}
+        )
+
+
+def test_optuna_sweep_gets_importance_and_parallel_coordinates(store, tmp_path):
+    space = {
+        "finetune.lr": {"loguniform": [1e-4, 1e-1]},
+        "finetune.weight_decay": {"uniform": [0.0, 1e-3]},
+    }
+    spec = {**SPEC, "search": {"optuna": {"n_trials": 16, "space": space}}}
+    rng = np.random.default_rng(0)
+    drawn = [
+        {"finetune.lr": 10 ** rng.uniform(-4, -1), "finetune.weight_decay": rng.uniform(0, 1e-3)}
+        for _ in range(16)
+    ]
+    # the Dice depends on lr only (peak at 3e-3), not on weight decay
+    arms = [
+        (f"trial {i}", None, [0.9 - 0.1 * abs(math.log10(d["finetune.lr"]) + 2.5)])
+        for i, d in enumerate(drawn)
+    ]
+    parent = plant(store, spec, arms, searched=drawn)
+    report = report_sweep(MlflowClient(store), parse_spec(spec), parent, tmp_path / "r")
+    assert {"optuna_importance.png", "optuna_parallel_coordinates.png"} <= {
+        p.name for p in report.files
+    }
+
+    from raysuite.tune.optuna_importance import param_importances
+
+    points = pd.DataFrame(drawn).assign(objective=[a[2][0] for a in arms])
+    importances = param_importances(points, parse_spec(spec).search.optuna.space, "max")
+    assert sum(importances.values()) == pytest.approx(1.0)
+    assert importances["finetune.lr"] > 1.5 * importances["finetune.weight_decay"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_mlflow_server_serves_the_sweep_over_rest(store, tmp_path):
+    parent = plant(store, SPEC)
+    port = _free_port()
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
+    server = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health within 60 s")
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=planted"
+        ) as r:
+            exp = json.loads(r.read())["experiment"]["experiment_id"]
+        sweeps = _post(f"{base}/api/2.0/mlflow/runs/search",
+                       {"experiment_ids": [exp], "filter": "tags.`raysuite.role` = 'sweep'"})["runs"]  # fmt: skip
+        assert [r["info"]["run_id"] for r in sweeps] == [parent]
+        kids = _post(f"{base}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp], "filter": f"tags.`mlflow.parentRunId` = '{parent}'"})["runs"]  # fmt: skip
+        assert len(kids) == 6 and {r["info"]["status"] for r in kids} == {"FINISHED"}
+        dice = {m["key"]: m["value"] for m in kids[0]["data"]["metrics"]}
+        assert 0.7 < dice["val/dice"] < 0.9
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _browser() -> str | None:
+    return next(
+        (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    _browser() is None, reason="no headless Chromium (Debian: apt-get install chromium)"
+)
+def test_report_html_renders_offline_in_headless_chromium(store, tmp_path):
+    """The page is opened from disk with networking off; its screenshot must show the tables
+    and the plots (many non-white pixels, some of them coloured), not a blank page."""
+    from PIL import Image
+
+    parent = plant(store, SPEC)
+    report_sweep(MlflowClient(store), parse_spec(SPEC), parent, tmp_path / "r")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2400",
+         (tmp_path / "r" / "report.html").as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    ink = (pixels < 200).any(axis=2).mean()
+    colour = (pixels.max(axis=2) - pixels.min(axis=2) > 60).mean()  # bars and curves, not grey text
+    assert ink > 0.02 and colour > 0.002, (ink, colour)
+
+
+def test_baseline_matches_bool_settings_and_arm_names():
+    """Seed 004's baseline is two booleans (stored by MLflow as "true"/"false"); an arm name
+    selects by the searched ``arm`` param instead."""
+    from raysuite.report.tables import baseline_comparison, baseline_configs
+
+    rows = [
+        {"config_id": cid, "config": arm, "repeat": json.dumps({"fold": f}), "objective": value + 0.01 * f,
+         "param.stages.classifier.enabled": json.dumps(on), "param.stages.segmenter.positives_only": json.dumps(on),
+         "param.search.arm": arm}
+        for cid, arm, on, value in (("c0", "one_case", True, 0.6), ("c1", "baseline", False, 0.5))
+        for f in range(3)
+    ]  # fmt: skip
+    trials = pd.DataFrame(rows)
+    assert baseline_configs(
+        trials, {"classifier.enabled": False, "segmenter.positives_only": False}
+    ) == ["c1"]
+    assert baseline_configs(trials, "baseline") == ["c1"] and baseline_configs(trials, "nope") == []
+    (row,) = baseline_comparison(trials, "baseline").itertuples()
+    assert (row.config, row.baseline, row.n_pairs) == ("one_case", "baseline", 3)
+    assert row.mean_diff == pytest.approx(0.1) and row.p_wilcoxon == pytest.approx(0.25)
