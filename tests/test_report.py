@@ -285,3 +285,23 @@ def test_baseline_matches_bool_settings_and_arm_names():
     (row,) = baseline_comparison(trials, "baseline").itertuples()
     assert (row.config, row.baseline, row.n_pairs) == ("one_case", "baseline", 3)
     assert row.mean_diff == pytest.approx(0.1) and row.p_wilcoxon == pytest.approx(0.25)
+
+
+def test_collapse_curves_count_each_pretraining_once(tmp_path, monkeypatch):
+    """Two fine-tuning seeds reusing one cached pretraining relay the same history: n=1."""
+    import matplotlib.axes
+
+    from raysuite.report.plots import collapse_curves
+
+    trials = pd.DataFrame({"run_id": ["a", "b", "c"], "config": ["x", "x", "y"],
+                           "stage_key.pretrain": ["k1", "k1", "k2"]})  # fmt: skip
+    history = [(1, 0.26), (2, 0.28)]
+    labels, plot = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda ax, *a, **kw: labels.append(kw.get("label")) or plot(ax, *a, **kw),
+    )
+    path = collapse_curves(trials, {"a": history, "b": history, "c": history}, tmp_path)
+    assert path is not None and path.stat().st_size > 0
+    assert labels == ["x (n=1)", "y (n=1)"]

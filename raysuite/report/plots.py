@@ -97,9 +97,12 @@ def training_curves(trials: pd.DataFrame, histories: Mapping[str, Sequence[tuple
 def collapse_curves(
     trials: pd.DataFrame, histories: Mapping[str, Sequence[tuple[int, float]]], out: Path
 ) -> Path | None:
-    """``histories``: run_id -> [(epoch, collapse coefficient)]. Mean ± std over the runs of
-    each configuration that logged a pretraining (the stage cache logs it once)."""
+    """``histories``: run_id -> [(epoch, collapse coefficient)]. Mean ± std over the distinct
+    pretrainings of each configuration (trials reusing one from the stage cache, same
+    ``stage_key.pretrain`` tag, count once)."""
     per_config: dict[str, list[pd.Series]] = {}
+    if "stage_key.pretrain" in trials:  # trials sharing a cached pretraining relay one history
+        trials = trials.drop_duplicates(subset=["config", "stage_key.pretrain"])
     for row in trials.itertuples():
         points = histories.get(row.run_id) or []
         if points:
