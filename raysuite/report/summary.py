@@ -15,7 +15,11 @@ def summarise(trials: pd.DataFrame, value: str = "objective") -> pd.DataFrame:
     out = grouped.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
     out["std"] = out["std"].fillna(0.0)
     out["mean ± std"] = [
-        f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f} (n=1)"
-        for m, s, n in zip(out["mean"], out["std"], out["n"], strict=True)
+        mean_std_text(m, s, n) for m, s, n in zip(out["mean"], out["std"], out["n"], strict=True)
     ]
     return out
+
+
+def mean_std_text(mean: float, std: float, n: int) -> str:
+    """``0.8100 ± 0.0265``; one repeat has no spread: ``0.8100 (n=1)``."""
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f} (n={n})"

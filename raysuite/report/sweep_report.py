@@ -6,7 +6,8 @@ Files, in ``out`` and as the parent run's artifacts:
 every other final metric, GPU/CPU-hours, cost), ``comparison.csv`` (each configuration vs
 its baseline, paired t and Wilcoxon over shared seeds/folds), ``trials.csv`` (one row per
 trial with its cost), the method's own tables (Figure 5.1, Table 1, ...), the plots, and
-``report.html`` holding all of it. Cost totals also go to the parent as ``cost/*`` metrics.
+``report.html`` holding all of it. Cost totals and trial counts also go to the parent
+(``cost/*``, ``trials/finished``, ``trials/failed``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from raysuite.report.tables import (
     sweep_cost,
     trial_cost,
 )
-from raysuite.spec import Spec
+from raysuite.spec import LogUniform, Spec
 from raysuite.track import mlflow_runs as track
 
 COLLAPSE = "pretrain/collapse"
@@ -160,20 +161,29 @@ def _figures(
         plots.collapse_curves(finished, runs.collapse, out),
     ]
     if spec.search.optuna:
-        from raysuite.tune.optuna_importance import param_importances
-
-        space = spec.search.optuna.space
-        columns = {f"param.search.{k}": k for k in space}
-        searched = finished.dropna(subset=[c for c in columns if c in finished] or ["objective"])
-        if set(columns) <= set(searched.columns) and len(searched) >= 2:
-            points = searched[list(columns)].map(decode).rename(columns=columns)
-            points["objective"] = searched.objective
-            log_axes = [k for k, d in space.items() if hasattr(d, "loguniform")]
-            figures.append(plots.parallel_coordinates(points, log_axes, spec.objective.column, out))
-            figures.append(
-                plots.importance_bars(param_importances(points, space, spec.objective.mode), out)
-            )
+        figures += _optuna_figures(spec, finished, out)
     return figures
+
+
+def _optuna_figures(spec: Spec, finished: pd.DataFrame, out: Path) -> list[Path | None]:
+    """Parallel coordinates and importances of the Optuna study's trials (the grid and arm
+    trials beside it have no ``search.*`` value for the space and are left out)."""
+    from raysuite.tune.optuna_importance import param_importances
+
+    space = spec.search.optuna.space
+    columns = {f"param.search.{k}": k for k in space}
+    if not set(columns) <= set(finished.columns):
+        return []
+    searched = finished.dropna(subset=[*columns, "objective"])
+    if len(searched) < 2:
+        return []
+    points = searched[list(columns)].map(decode).rename(columns=columns)
+    points["objective"] = searched.objective
+    log_axes = [k for k, d in space.items() if isinstance(d, LogUniform)]
+    return [
+        plots.parallel_coordinates(points, log_axes, spec.objective.column, out),
+        plots.importance_bars(param_importances(points, space, spec.objective.mode), out),
+    ]
 
 
 def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.DataFrame, bases: list[str],
@@ -237,6 +247,10 @@ def report_sweep(client: Any, spec: Spec, parent_id: str, out: Path) -> Report:
     report = write_report(spec, fetch(client, spec, parent_id), out)
     for path in report.files:
         track.log_file(client, parent_id, path)
-    if report.cost:
-        track.log_metrics(client, parent_id, {f"cost/{k}": v for k, v in report.cost.items()}, 0, 0)
+    status = report.trials.status if not report.trials.empty else pd.Series(dtype=str)
+    metrics = {f"cost/{k}": v for k, v in report.cost.items()}
+    metrics.update(
+        {f"trials/{s.lower()}": float((status == s).sum()) for s in ("FINISHED", "FAILED")}
+    )
+    track.log_metrics(client, parent_id, metrics, 0, 0)
     return report

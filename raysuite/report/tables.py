@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from raysuite.report.stats import describe, paired
+from raysuite.report.summary import mean_std_text
 
 # Bookkeeping a trial reports every epoch: summarising it over repeats says nothing.
 _NOT_SUMMARISED = ("/epoch", "/lr", "_best")
@@ -86,8 +87,7 @@ def summary_table(
             "config": label,
             **describe(group["objective"].tolist()),
         }
-        row["mean ± std"] = (f"{row['mean']:.4f} ± {row['std']:.4f}" if row["n"] > 1
-                             else f"{row['mean']:.4f} (n={row['n']})")  # fmt: skip
+        row["mean ± std"] = mean_std_text(row["mean"], row["std"], row["n"])
         for metric in summarised_metrics(trials, metrics):
             d = describe(group[metric].tolist())
             row.update({f"{metric} {k}": d[k] for k in STATS[1:]})
@@ -135,7 +135,9 @@ def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _key(value: Any) -> str:
     """A hashable, comparable text of a decoded param (numpy scalars as Python ones)."""
-    return json.dumps(value, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    return json.dumps(
+        value, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o)
+    )
 
 
 def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any]) -> pd.DataFrame:
@@ -157,8 +159,7 @@ def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any])
         if cid in bases:
             continue
         same = {
-            b: sum(_key(params.at[cid, c]) == _key(params.at[b, c]) for c in varied)
-            for b in bases
+            b: sum(_key(params.at[cid, c]) == _key(params.at[b, c]) for c in varied) for b in bases
         }
         base = max(bases, key=lambda b: same[b])
         mine = trials[trials.config_id == cid].groupby("repeat")["objective"].mean()
