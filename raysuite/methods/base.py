@@ -34,6 +34,27 @@ class StageInputs:
     upstreams: dict[str, Path] = field(default_factory=dict)  # every consumed (not skipped) stage's output
     fold: int | None = None  # cross-validation fold of this trial (search.repeats.fold)
 
+    def local_batch(self, batch_size: int, minimum: int = 1) -> int:
+        """This rank's share of the global ``batch_size``: a stage's ``batch_size`` is always
+        the batch of one optimiser step over every DDP worker (the number the seeds report),
+        so each of ``world_size`` training loaders draws ``batch_size / world_size``. A batch
+        that does not split evenly, or leaves a rank fewer than ``minimum`` samples (e.g. 2
+        for BatchNorm or a contrastive loss), is refused (``spec.check_stages`` refuses the
+        first before any trial)."""
+        stage = type(self.cfg).__name__
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"{stage}: batch_size {batch_size} (global) does not split over {self.world_size} DDP workers; "
+                f"use a multiple of {self.world_size}"
+            )
+        local = batch_size // self.world_size
+        if local < minimum:
+            raise ValueError(
+                f"{stage}: batch_size {batch_size} (global) leaves {local} per DDP worker over {self.world_size} "
+                f"workers, fewer than {minimum}; use at least {minimum * self.world_size}"
+            )
+        return local
+
 
 # A job stage's work: (inputs, output directory) -> metrics. What it writes to the
 # directory is the stage's output; metrics whose key starts with ARTIFACT carry the text of
@@ -75,7 +96,6 @@ class Method:
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
     smoke: dict[str, dict[str, Any]] = field(default_factory=dict)
     smoke_cases: int = 6
-    smoke_max_t: int = 3
     check: Callable[[dict[str, dict[str, Any]]], list[tuple[str, str]]] = lambda configs: []
     # (spec data section, stage configs) -> problems, for checks that need the data (source names)
     check_data: Callable[[dict[str, Any], dict[str, dict[str, Any]]], list[tuple[str, str]]] = (

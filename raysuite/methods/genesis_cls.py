@@ -56,7 +56,7 @@ from raysuite.methods.nn.genesis_models import (
 )
 from raysuite.methods.nn.genesis_transforms import GenesisTransforms
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Recipe, seed_everything
+from raysuite.train.loop import STATE_FILE, Evaluation, Recipe, loader_evaluation, seed_everything
 
 TASKS = ("luna16", "mura")
 INITS = ("scratch", "genesis", "imagenet")
@@ -484,8 +484,10 @@ def _sgd(groups: list[dict[str, Any]], cfg: GenesisStageConfig) -> torch.optim.O
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def _loader(dataset: Dataset, cfg: GenesisStageConfig, shuffle: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > cfg.batch_size,
+def _loader(dataset: Dataset, cfg: GenesisStageConfig, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+    """``batch_size``: this worker's (a training loader's share of the global batch); default
+    ``cfg.batch_size``. ``drop_last`` compares the dataset with the global batch."""
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > cfg.batch_size,
                       num_workers=cfg.num_workers if shuffle else 0, persistent_workers=shuffle and cfg.num_workers > 0)  # fmt: skip
 
 
@@ -502,7 +504,7 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
         ]
     val_ids = table.pool_id[table.split != "train"].tolist()  # val and test: the pool's 10 %
     model = RestorationUNet(cfg.encoder, cfg.norm)
-    loader = _loader(RestorationPairs(cache, train_ids, cfg), cfg, shuffle=True)
+    loader = _loader(RestorationPairs(cache, train_ids, cfg), cfg, shuffle=True, batch_size=inp.local_batch(cfg.batch_size))
     val_loader = _loader(RestorationPairs(cache, val_ids, cfg, fixed=True), cfg, shuffle=False)
     plateau = Plateau("pretrain/val_mse", cfg.plateau_factor, cfg.plateau_patience)
     totals = pooling.modality_totals(table).to_csv(index=False)
@@ -512,9 +514,11 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
         restored = net(corrupted.expand(-1, 3, -1, -1))
         return {"loss": F.mse_loss(restored.float(), clean)}
 
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, Any]:
-        errors = _restoration_errors(net, val_loader, device, cfg.amp)
-        return {"pretrain/val_mse": errors, f"{ARTIFACT}pool_totals.csv": totals}
+    def score(errors: list[tuple[float, int]]) -> dict[str, Any]:
+        total, count = sum(e for e, _ in errors), sum(n for _, n in errors)
+        return {"pretrain/val_mse": total / max(count, 1), f"{ARTIFACT}pool_totals.csv": totals}
+
+    evaluate = loader_evaluation(val_loader, lambda net, device, shard: _restoration_errors(net, shard, device, cfg.amp), score)
 
     return Recipe(
         stage="pretrain", model=model, train_loader=loader,
@@ -526,21 +530,22 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
 
 def _restoration_errors(
     net: nn.Module, loader: DataLoader, device: torch.device, amp: bool
-) -> float:
-    """Mean squared restoration error over ``loader`` (weights frozen)."""
+) -> list[tuple[float, int]]:
+    """Per item of ``loader`` (corrupted, clean (1, S, S) pairs; weights frozen): the
+    restoration's summed squared error (in float64) and its pixel count."""
     was_training = net.training
     net.eval()
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     with (
         torch.no_grad(),
         torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
     ):
         for corrupted, clean in loader:
-            restored = net(corrupted.to(device).expand(-1, 3, -1, -1)).float()
-            total += float(F.mse_loss(restored, clean.to(device), reduction="sum"))
-            count += clean.numel()
+            restored = net(corrupted.to(device).expand(-1, 3, -1, -1)).double()
+            errors = (restored - clean.to(device).double()).pow(2).flatten(1).sum(1)
+            out.extend((e, clean[0].numel()) for e in errors.tolist())
     net.train(was_training)
-    return total / max(count, 1)
+    return out
 
 
 def load_best(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -575,7 +580,8 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
         seed_everything((inp.seed * 1009 + inp.fold) * 1000 + inp.rank)
     train_set, val_set = task_datasets(data, inp.fold, cfg)
     model = classifier(pre, cfg, inp.upstreams.get("pretrain"))
-    loader, val_loader = _loader(train_set, cfg, shuffle=True), _loader(val_set, cfg, shuffle=False)
+    loader = _loader(train_set, cfg, shuffle=True, batch_size=inp.local_batch(cfg.batch_size))
+    val_loader = _loader(val_set, cfg, shuffle=False)
     plateau = Plateau("val/loss", cfg.plateau_factor, cfg.plateau_patience)
     state: dict[str, Any] = {}
 
@@ -610,8 +616,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
     def epoch_end(outputs: list[dict[str, Any]]) -> dict[str, float]:
         return {"bce": float(np.mean([o["bce"] for o in outputs]))}
 
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_classifier(net, val_loader, device, cfg.amp)
+    evaluate = classifier_evaluation(val_loader, cfg.amp)
 
     return Recipe(
         stage="finetune", model=model, train_loader=loader, make_optimizer=make_optimizer,
@@ -620,27 +625,34 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
     )  # fmt: skip
 
 
-def evaluate_classifier(
-    net: nn.Module, loader: DataLoader, device: torch.device, amp: bool
-) -> dict[str, float]:
-    """``val/auc`` (ROC AUC), ``val/loss`` (BCE) and ``val/accuracy`` at probability 0.5."""
-    was_training = net.training
-    net.eval()
-    logits, labels = [], []
-    with (
-        torch.no_grad(),
-        torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
-    ):
-        for x, y in loader:
-            logits.append(net(x.to(device)).float().cpu())
-            labels.append(y)
-    net.train(was_training)
-    z, y = torch.cat(logits), torch.cat(labels)
-    return {
-        "val/auc": roc_auc(z.numpy(), y.numpy()),
-        "val/loss": float(F.binary_cross_entropy_with_logits(z, y)),
-        "val/accuracy": float(((z > 0).float() == y).float().mean()),
-    }
+def classifier_evaluation(loader: DataLoader, amp: bool) -> Evaluation:
+    """``val/auc`` (ROC AUC), ``val/loss`` (BCE) and ``val/accuracy`` at probability 0.5
+    over ``loader``'s (image (3, S, S), label ()) items, sharded per image: a record is the
+    image's (logit, label)."""
+
+    def predict(net: nn.Module, device: torch.device, shard: DataLoader) -> list[tuple[float, float]]:
+        was_training = net.training
+        net.eval()
+        out: list[tuple[float, float]] = []
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
+        ):
+            for x, y in shard:
+                out.extend(zip(net(x.to(device)).float().cpu().tolist(), y.tolist(), strict=True))
+        net.train(was_training)
+        return out
+
+    def score(records: list[tuple[float, float]]) -> dict[str, float]:
+        z = torch.tensor([logit for logit, _ in records], dtype=torch.float32)
+        y = torch.tensor([label for _, label in records], dtype=torch.float32)
+        return {
+            "val/auc": roc_auc(z.numpy(), y.numpy()),
+            "val/loss": float(F.binary_cross_entropy_with_logits(z, y)),
+            "val/accuracy": float(((z > 0).float() == y).float().mean()),
+        }
+
+    return loader_evaluation(loader, predict, score)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -780,7 +792,6 @@ METHOD = Method(
         "finetune": {"epochs": 3, "max_train_images": 96},
     },
     smoke_cases=12,
-    smoke_max_t=3,
     check=check,
     check_data=check_data,
     unavailable=unavailable,

@@ -42,7 +42,7 @@ from raysuite.methods.nn.simsiam import (
     collapse_coefficient,
     simsiam_loss,
 )
-from raysuite.train.loop import STATE_FILE, Recipe
+from raysuite.train.loop import STATE_FILE, Evaluation, Recipe
 
 PREP = flare22.Preprocessing()
 
@@ -287,8 +287,8 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
         raise ValueError(f"{inp.data['root']}: no unlabelled cases to pretrain on")
     volumes = [img for img, _ in _load_cases(inp.data, rows)]
     dataset = PairDataset(volumes, cfg)
-    per_worker = max(2, cfg.batch_size // inp.world_size)
-    sampler = None
+    per_worker = inp.local_batch(cfg.batch_size, minimum=2)  # BatchNorm in the heads: 2 per worker
+    sampler = None  # the cap is per epoch over all workers; the runtime splits it per rank
     if cfg.max_slices_per_epoch:
         sampler = torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), cfg.max_slices_per_epoch))
     loader = DataLoader(
@@ -336,7 +336,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
     train = _load_cases(inp.data, cases[cases.split == "train"])
     val = _load_cases(inp.data, cases[cases.split == "val"])
     loader = DataLoader(
-        LabelledCropDataset(train, cfg), batch_size=max(1, cfg.batch_size // inp.world_size), shuffle=True,
+        LabelledCropDataset(train, cfg), batch_size=inp.local_batch(cfg.batch_size), shuffle=True,
         drop_last=False, num_workers=cfg.num_workers, collate_fn=_stack_crops, persistent_workers=cfg.num_workers > 0,
     )  # fmt: skip
     model = swin_unetr(cfg, flare22.NUM_CLASSES)
@@ -357,10 +357,16 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
         return {"loss": loss_fn(logits, y.to(device)[:, None])}
 
     @torch.no_grad()
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
+    def predict(net: nn.Module, device: torch.device, shard: list[int]) -> list[torch.Tensor]:
+        """Sliding-window inference on the validation cases ``shard`` (indices into ``val``),
+        16 slices at a time: per case its (Z, NUM_CLASSES) float64 dice array
+        (:func:`dice_per_slice`, NaN where a class is absent from the slice's label)."""
+        was_training = net.training
         net.eval()
-        organ, with_bg = [], []
-        for img, seg in val:
+        out = []
+        for c in shard:
+            img, seg = val[c]
+            dice = []
             for z0 in range(0, img.shape[0], 16):
                 x = torch.from_numpy(np.asarray(img[z0 : z0 + 16], np.float32))[:, None].to(device)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=cfg.amp and device.type == "cuda"):
@@ -368,11 +374,18 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
                         x, cfg.crop_size, cfg.sw_batch_size, net, overlap=cfg.sw_overlap
                     )
                 pred = logits.argmax(1).cpu()
-                dice = dice_per_slice(pred, torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64)), flare22.NUM_CLASSES)
-                organ.append(dice[:, 1:])
-                with_bg.append(dice)
-        net.train()
-        return {"val/dice": _nanmean(torch.cat(organ)), "val/dice_bg": _nanmean(torch.cat(with_bg))}
+                truth = torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64))
+                dice.append(dice_per_slice(pred, truth, flare22.NUM_CLASSES))
+            out.append(torch.cat(dice))
+        net.train(was_training)
+        return out
+
+    def score(dice: list[torch.Tensor]) -> dict[str, float]:
+        """Eq. 4.2 over every (slice, organ) of the cases' (Z, NUM_CLASSES) arrays."""
+        every = torch.cat(dice)
+        return {"val/dice": _nanmean(every[:, 1:]), "val/dice_bg": _nanmean(every)}
+
+    evaluate = Evaluation(range(len(val)), predict, score)
 
     return Recipe(
         stage="finetune", model=model, train_loader=loader, make_optimizer=make_optimizer, lr_at=lr_at,
@@ -419,7 +432,6 @@ METHOD = Method(
                      "eval_every": 1, "patience": None},
     },  # fmt: skip
     smoke_cases=5,
-    smoke_max_t=3,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,

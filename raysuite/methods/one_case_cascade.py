@@ -59,7 +59,7 @@ from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
 from raysuite.methods.nn.weights import load_imagenet_weights
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Recipe
+from raysuite.train.loop import STATE_FILE, Recipe, loader_evaluation
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet (fastai imagenet_stats)
 FOLDS = 5  # §5.3: 5-fold cross-validation
@@ -378,7 +378,8 @@ def classifier_recipe(inp: StageInputs) -> Recipe:
     df = splits(inp.data, inp.fold)
     caches = _caches(inp.data, cfg.image_size)
     train = _train_rows(df, cfg)
-    loader = _loader(Radiographs(caches, train), cfg.batch_size, True, cfg.num_workers, drop_last=len(train) > cfg.batch_size)
+    loader = _loader(Radiographs(caches, train), inp.local_batch(cfg.batch_size), True, cfg.num_workers,
+                     drop_last=len(train) > cfg.batch_size)  # fmt: skip
     val_loader = _loader(Radiographs(caches, df[df.role == "val"]), 2 * cfg.batch_size, False, 0)
     aug = _augmenter(cfg, inp.seed * 1000 + inp.rank)
     cut = {"on": False}
@@ -397,10 +398,18 @@ def classifier_recipe(inp: StageInputs) -> Recipe:
         loss = soft_f1_loss(logits, target) if cfg.loss == "soft_f1" else F.binary_cross_entropy_with_logits(logits, target)
         return {"loss": loss}
 
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
-        probs, labels = _probabilities(net, val_loader, device, cfg.amp)
+    def predict(net: nn.Module, device: torch.device, shard: DataLoader) -> list[tuple[float, bool]]:
+        """Per validation image: (sigmoid probability, label)."""
+        probs, labels = _probabilities(net, shard, device, cfg.amp)
+        return [(float(p), bool(y)) for p, y in zip(probs, labels, strict=True)]
+
+    def score(records: list[tuple[float, bool]]) -> dict[str, float]:
+        probs = np.array([p for p, _ in records], np.float32)
+        labels = np.array([y for _, y in records], bool)
         scores = precision_recall_f1(probs >= 0.5, labels)
         return {"classifier/val_auc": roc_auc(probs, labels), **{f"classifier/val_{k}": v for k, v in scores.items()}}
+
+    evaluate = loader_evaluation(val_loader, predict, score)
 
     return Recipe(
         stage="classifier", model=classifier_model(cfg), train_loader=loader,
@@ -426,7 +435,8 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
     if train.empty:
         raise ValueError(f"segmenter: no training images in fold {inp.fold} (positives_only={cfg.positives_only})")
     val = df[(df.role == "val") & (df.positive | (not cfg.positives_only))]
-    loader = _loader(Radiographs(caches, train), cfg.batch_size, True, cfg.num_workers, drop_last=len(train) > cfg.batch_size)
+    loader = _loader(Radiographs(caches, train), inp.local_batch(cfg.batch_size), True, cfg.num_workers,
+                     drop_last=len(train) > cfg.batch_size)  # fmt: skip
     val_loader = _loader(Radiographs(caches, val), cfg.batch_size, False, 0)
     aug = _augmenter(cfg, inp.seed * 1000 + inp.rank)
     model = segmenter_model(cfg)
@@ -464,20 +474,28 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
     def epoch_end(outputs: list[dict[str, Any]]) -> dict[str, float]:
         return {k: float(np.mean([o[k] for o in outputs])) for k in outputs[0] if k.startswith("loss_")}
 
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
+    def predict(net: nn.Module, device: torch.device, shard: DataLoader) -> list[tuple[int, int, int]]:
+        """Per validation image: pixel counts (inter, area, true_area) of the ArgMax mask
+        (:func:`posthoc.image_stats` at 0.5 on the (B, S, S) foreground probability)."""
         net.eval()
         stats = []
         with torch.no_grad():
-            for images, masks, _ in val_loader:
+            for images, masks, _ in shard:
                 pred = _fg_probability(net, images.to(device), cfg.amp).cpu().numpy()
                 stats.append(posthoc.image_stats(pred, masks.numpy().astype(bool), 0.5))
         net.train()
-        inter, area, true_area = (np.concatenate(s) for s in zip(*stats, strict=True))
+        inter, area, true_area = (np.concatenate(s).tolist() for s in zip(*stats, strict=True))
+        return list(zip(inter, area, true_area, strict=True))
+
+    def score(records: list[tuple[int, int, int]]) -> dict[str, float]:
+        inter, area, true_area = (np.array(column, np.int64) for column in zip(*records, strict=True))
         scores = posthoc.segmentation_scores(inter, area, true_area)
         return {
             "segmenter/val_dice": scores["dice"], "segmenter/val_iou": scores["iou"],
             "val/dice_per_image": scores["dice_per_image"],
         }  # fmt: skip
+
+    evaluate = loader_evaluation(val_loader, predict, score)
 
     return Recipe(
         stage="segmenter", model=model, train_loader=loader, make_optimizer=make_optimizer,
@@ -668,7 +686,6 @@ METHOD = Method(
         "segmenter": {"epochs": 10, "batch_size": 4},  # ~10 positives: a few steps per epoch
     },
     smoke_cases=48,
-    smoke_max_t=10,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,

@@ -56,7 +56,7 @@ from raysuite.methods.nn.weak_loc_losses import (
     relaxed_loss,
 )
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Recipe
+from raysuite.train.loop import STATE_FILE, Evaluation, Recipe, loader_evaluation
 
 CLASSES, BOX_CLASSES = cxr14.CLASSES, cxr14.BOX_CLASSES
 THRESHOLD_NAMES = ("tau", "rho", "tau_hat", "rho_hat")
@@ -356,7 +356,7 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
         raise ValueError(f"{stage}: fold {inp.fold} leaves no annotated training image")
     val = df[df.role == "val"]
     dataset = GridImages(images, train, prep)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
+    loader = DataLoader(dataset, batch_size=inp.local_batch(cfg.batch_size), shuffle=True, drop_last=len(train) > cfg.batch_size,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)  # fmt: skip
     val_rows = val.to_dict("records")
     val_loader = DataLoader(GridImages(images, val, prep), batch_size=cfg.batch_size, shuffle=False)
@@ -424,10 +424,7 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
             })  # fmt: skip
         return out
 
-    def evaluate(net: nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_grid(
-            net, val_loader, val_rows, prep, train_cfg.loss, cfg.loc_threshold, device, stage, cfg.amp
-        )
+    evaluate = grid_evaluation(val_loader, val_rows, prep, train_cfg.loss, cfg.loc_threshold, stage, cfg.amp)
 
     total_epochs = cfg.epochs
     return Recipe(
@@ -446,37 +443,50 @@ def _logits(net: nn.Module, images: torch.Tensor, prep: cxr14.Preprocessing, amp
         return net(to_input(images, prep)).float()
 
 
-def evaluate_grid(net: nn.Module, loader: DataLoader, rows: list[dict[str, Any]], prep: cxr14.Preprocessing,
-                  loss: str, threshold: float, device: torch.device, stage: str, amp: bool) -> dict[str, float]:  # fmt: skip
-    """§4's evaluation on the validation fold: localisation accuracy (IoU / IoR >= T) per
-    box class and their mean, image-level AUC per class and their mean."""
-    was_training = net.training
-    net.eval()
-    zs, scores, labels = [], [], []
-    with torch.no_grad():
-        for x, y, _, _ in loader:
-            logits = _logits(net, x.to(device), prep, amp)
-            zs.append(torch.sigmoid(logits).cpu().numpy())
-            scores.append(image_scores(logits, loss).cpu().numpy())
-            labels.append(y.numpy())
-    net.train(was_training)
-    z, score, label = np.concatenate(zs), np.concatenate(scores), np.concatenate(labels)
-    table = localisation_table(z, [_class_boxes(r, prep.grid) for r in rows], CLASSES, threshold)
-    out: dict[str, float] = {}
-    for name, acc in table.items():
-        out[f"val/loc_acc_iou/{name}"] = acc["acc_iou"]
-        out[f"val/loc_acc_ior/{name}"] = acc["acc_ior"]
-    out["val/loc_acc_iou"] = float(np.mean([a["acc_iou"] for a in table.values()]))
-    out["val/loc_acc_ior"] = float(np.mean([a["acc_ior"] for a in table.values()]))
-    out[f"{stage}/val_loc_acc_iou"] = out["val/loc_acc_iou"]
-    out[f"{stage}/val_loc_acc_ior"] = out["val/loc_acc_ior"]
-    aucs = {}
-    for k, name in enumerate(CLASSES):
-        auc = roc_auc(score[:, k], label[:, k])
-        if not np.isnan(auc):
-            aucs[name] = out[f"val/auc/{name}"] = auc
-    out["val/auc"] = float(np.mean(list(aucs.values()))) if aucs else float("nan")
-    return out
+GridRecord = tuple[np.ndarray, np.ndarray, np.ndarray]  # detected (K, P, P) bool, score (K,), label (K,)
+
+
+def grid_evaluation(loader: DataLoader, rows: list[dict[str, Any]], prep: cxr14.Preprocessing,
+                    loss: str, threshold: float, stage: str, amp: bool) -> Evaluation:  # fmt: skip
+    """§4's evaluation on the validation fold (``loader`` over ``rows``, in order):
+    localisation accuracy (IoU / IoR >= T) per box class and their mean, image-level AUC per
+    class and their mean. Sharded per image: a record is the image's detected patches
+    ``z >= 0.5`` (K, P, P) bool, its (K,) :func:`image_scores` and (K,) labels."""
+
+    def predict(net: nn.Module, device: torch.device, shard: DataLoader) -> list[GridRecord]:
+        was_training = net.training
+        net.eval()
+        out: list[GridRecord] = []
+        with torch.no_grad():
+            for x, y, _, _ in shard:
+                logits = _logits(net, x.to(device), prep, amp)
+                detected = (torch.sigmoid(logits) >= 0.5).cpu().numpy()
+                scores = image_scores(logits, loss).cpu().numpy()
+                out.extend(zip(detected, scores, y.numpy(), strict=True))
+        net.train(was_training)
+        return out
+
+    def score(records: list[GridRecord]) -> dict[str, float]:
+        detected, score, label = (np.stack(column) for column in zip(*records, strict=True))
+        # localisation_table thresholds z at 0.5: the 0/1 detections give the same regions
+        table = localisation_table(detected.astype(np.float32), [_class_boxes(r, prep.grid) for r in rows], CLASSES, threshold)
+        out: dict[str, float] = {}
+        for name, acc in table.items():
+            out[f"val/loc_acc_iou/{name}"] = acc["acc_iou"]
+            out[f"val/loc_acc_ior/{name}"] = acc["acc_ior"]
+        out["val/loc_acc_iou"] = float(np.mean([a["acc_iou"] for a in table.values()]))
+        out["val/loc_acc_ior"] = float(np.mean([a["acc_ior"] for a in table.values()]))
+        out[f"{stage}/val_loc_acc_iou"] = out["val/loc_acc_iou"]
+        out[f"{stage}/val_loc_acc_ior"] = out["val/loc_acc_ior"]
+        aucs = {}
+        for k, name in enumerate(CLASSES):
+            auc = roc_auc(score[:, k], label[:, k])
+            if not np.isnan(auc):
+                aucs[name] = out[f"val/auc/{name}"] = auc
+        out["val/auc"] = float(np.mean(list(aucs.values()))) if aucs else float("nan")
+        return out
+
+    return loader_evaluation(loader, predict, score)
 
 
 def train_recipe(inp: StageInputs) -> Recipe:
@@ -575,7 +585,6 @@ METHOD = Method(
     # ~20 annotated training images a fold: batch 4 gives a few steps an epoch per DDP worker
     smoke={"train": {"epochs": 10, "batch_size": 4, "alternate_every": 3}, "crf": {"epochs": 2, "batch_size": 4}},
     smoke_cases=60,
-    smoke_max_t=10,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,

@@ -37,6 +37,12 @@ class LocalRuntime:
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
         return dict(values)
 
+    def gather(self, value: Any) -> list[Any]:
+        return [value]
+
+    def all_true(self, flag: bool) -> bool:
+        return bool(flag)
+
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
         yield self.checkpoints[-1] if self.checkpoints else None

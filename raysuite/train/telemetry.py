@@ -39,7 +39,7 @@ EPOCH_TIME, SAMPLES_PER_S, DATA_WAIT, GPU_MEM = (
 # ray/_private/telemetry/open_telemetry_metric_recorder.py), and Prometheus exposes a
 # counter as "<name>_total"; see raysuite.tune.telemetry for the details.
 PROMETHEUS_PREFIX = "ray_"
-TRIAL_STATES = ("running", "finished", "failed")
+TRIAL_STATES = ("running", "finished", "pruned", "failed")
 
 
 @dataclass(frozen=True)

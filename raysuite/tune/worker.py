@@ -12,15 +12,16 @@ from typing import Any
 
 import ray.train
 import ray.train.torch
-import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
-from raysuite.train.loop import HISTORY_FILE, fit, seed_everything
+from raysuite.train import collectives
+from raysuite.train.loop import HISTORY_FILE, Diverged, Recipe, fit, seed_everything
+from raysuite.train.sharding import shard_loader
 from raysuite.tune import telemetry
+from raysuite.tune.outcome import CHECKPOINTED, DIVERGED
 
 
 class RayRuntime:
@@ -33,12 +34,15 @@ class RayRuntime:
         fail_once_marker: str | None = None,
         fail_at_epoch: int | None = None,
         telemetry_tags: dict[str, str] | None = None,
+        seed: int = 0,
     ):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._marker, self._fail_at = fail_once_marker, fail_at_epoch
         self._telemetry_tags = telemetry_tags
+        self._checkpointed_epoch = 0.0
+        self.seed = seed  # the stage's seed: the training loader's data order
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.world_size > 1 and self.device.type == "cuda":
@@ -46,24 +50,24 @@ class RayRuntime:
         return ray.train.torch.prepare_model(model)
 
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return ray.train.torch.prepare_data_loader(loader)
+        """``loader`` sharded over the ranks, its order seeded by the stage's seed, a per-epoch
+        cap kept (:func:`~raysuite.train.sharding.shard_loader`). Not Ray's
+        ``prepare_data_loader``: its ``DistributedSampler`` has seed 0 whatever the stage's and
+        replaces a capped ``RandomSampler`` by a full pass. Batches stay on the CPU; each
+        method's ``step`` moves them to the device."""
+        return shard_loader(loader, self.rank, self.world_size, self.seed)
 
     def broadcast(self, value: Any) -> Any:
-        if self.world_size == 1 or not dist.is_initialized():
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return collectives.broadcast(value)
 
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1 or not dist.is_initialized():
-            return dict(values)
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            t = t.to(self.device)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist(), strict=True)}
+        return collectives.all_mean(values, self.device)
+
+    def gather(self, value: Any) -> list[Any]:
+        return collectives.gather(value)
+
+    def all_true(self, flag: bool) -> bool:
+        return collectives.all_true(flag, self.device)
 
     @contextlib.contextmanager
     def restore(self) -> Iterator[Path | None]:
@@ -75,10 +79,16 @@ class RayRuntime:
             yield Path(path)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Report to Train; :data:`CHECKPOINTED` tells the sweep's MLflow callback whether a
+        retry would replay this report (no checkpoint covers its epoch yet) or not."""
         if self._telemetry_tags is not None and self.rank == 0:
             telemetry.record_epoch(metrics, **self._telemetry_tags)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        epoch = max((v for k, v in metrics.items() if k.endswith("/epoch")), default=0)
+        if checkpoint is not None:
+            self._checkpointed_epoch = epoch
+        covered = checkpoint is not None or epoch <= self._checkpointed_epoch or DIVERGED in metrics
+        ray.train.report({**metrics, CHECKPOINTED: float(covered)}, checkpoint=checkpoint)
         if self._fail_at is None or not self._marker or os.path.exists(self._marker):
             return
         epoch = max((v for k, v in metrics.items() if k.endswith("/epoch")), default=0)
@@ -115,10 +125,15 @@ def run_job(config: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def stage_worker(config: dict[str, Any]) -> None:
     """Train ``config['stage']`` of ``config['method']``, or run its job in this (single)
-    worker and report the job's output directory as the checkpoint; see ``raysuite.tune.trial``."""
+    worker and report the job's output directory as the checkpoint; see ``raysuite.tune.trial``.
+    A non-finite loss (every rank raises :class:`Diverged` at the same step) is reported as
+    :data:`DIVERGED` and the worker returns normally: retrying a diverged training from its
+    checkpoint only diverges again, so Train must not see it as a fault."""
     method = METHODS[config["method"]]
     stage = method.stages[config["stage"]]
-    runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"), config.get("telemetry"))
+    # the data order follows the repeat: the stage's seed, and the fold (MURA's folds share one split)
+    order_seed = config["seed"] * 1009 + (config.get("fold") or 0)
+    runtime = RayRuntime(config.get("fail_marker"), config.get("fail_at_epoch"), config.get("telemetry"), seed=order_seed)
     if stage.job is not None:
         with tempfile.TemporaryDirectory(prefix="raysuite-job-") as tmp:
             metrics = run_job(config, Path(tmp))
@@ -128,4 +143,33 @@ def stage_worker(config: dict[str, Any]) -> None:
     method.prepare_data(config["data"])
     seed_everything(config["seed"] * 1000 + runtime.rank)
     with contextlib.ExitStack() as stack:
-        fit(stage.recipe(_inputs(config, stack, runtime.rank, runtime.world_size)), runtime)
+        recipe = stage.recipe(_inputs(config, stack, runtime.rank, runtime.world_size))
+        if config.get("diverge_at_epoch"):
+            _diverge_drill(recipe, int(config["diverge_at_epoch"]), config.get("diverge_log"), runtime.rank)
+        try:
+            fit(recipe, runtime)
+        except Diverged as err:
+            print(f"[raysuite] {err}: the trial ends FAILED (diverged), without retries", flush=True)
+            runtime.report({f"{config['stage']}/diverged": 1.0, DIVERGED: 1.0}, None)
+
+
+def _diverge_drill(recipe: Recipe, epoch: int, log: str | None, rank: int) -> None:
+    """``faults.diverge_at_epoch``: the loss turns NaN from that epoch on (tests of the
+    no-retry rule); each attempt that reaches it appends a line to ``log``."""
+    step, start = recipe.step, recipe.epoch_start
+    current = [0]
+
+    def epoch_start(e: int) -> None:
+        current[0] = e
+        if start is not None:
+            start(e)
+        if e == epoch and log and rank == 0:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                f.write(f"diverged at epoch {e}\n")
+
+    def nan_step(net: nn.Module, batch: Any, device: Any) -> dict[str, Any]:
+        out = step(net, batch, device)
+        return {**out, "loss": out["loss"] * float("nan")} if current[0] >= epoch else out
+
+    recipe.step, recipe.epoch_start = nan_step, epoch_start
