@@ -1,4 +1,4 @@
-"""``raysuite`` command line (DESIGN.md): sweep, train, validate, data, report.
+"""``raysuite`` command line (DESIGN.md): sweep, train, validate, data, report, cache.
 
 Exit codes: 0 success, 2 bad input or usage (the message names file and key), 1 runtime failure.
 """
@@ -95,6 +95,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``raysuite cache ls [--storage S]``, ``raysuite cache rm KEY ... | --stale``: the stage
+    cache under S (default: $RAYSUITE_STORAGE, else ./ray_results)."""
+    import os
+
+    from raysuite.tune import stage_cache
+
+    storage = args.storage or os.environ.get("RAYSUITE_STORAGE") or "ray_results"
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    found = stage_cache.entries(storage)
+    if args.action == "ls":
+        print(f"{'key':<24}  {'method':<18} {'stage':<11} {'size':>9}  {'created':<20}  state    sweep")
+        for e in found:
+            state = "stale" if e["stale"] else "ok" if e["complete"] else "partial"
+            print(f"{e['key']:<24}  {e['method'] or '?':<18} {e['stage'] or '?':<11} {e['size'] / 2**20:>7.1f}MB"
+                  f"  {e['created'] or '?':<20}  {state:<8} {e['sweep'] or '?'}")  # fmt: skip
+        print(f"{len(found)} entries under {storage}/stage_cache")
+        return 0
+    if args.stale == bool(args.keys):
+        raise SpecError(None, "cache rm", "name the KEYs to remove, or --stale")
+    keys = [e["key"] for e in found if e["stale"]] if args.stale else args.keys
+    for key in keys:
+        try:
+            stage_cache.remove(storage, key)
+        except KeyError:
+            raise SpecError(None, key, f"no stage-cache entry {key!r} under {storage}/stage_cache") from None
+        print(f"removed {key}")
+    print(f"{len(keys)} entries removed")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from raysuite.data import formats
     from raysuite.data.datasets import SplitOptions, errors_path, run_ingest
@@ -141,6 +172,15 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     rp.add_argument("--run", default=None, help="the sweep's parent run id (default: the newest)")
     rp.set_defaults(func=cmd_report)
+    ca = sub.add_parser("cache", help="list or clear the stage cache")
+    csub = ca.add_subparsers(dest="action", required=True)
+    for name in ("ls", "rm"):
+        c = csub.add_parser(name)
+        c.add_argument("--storage", default=None, help="storage root (default: $RAYSUITE_STORAGE or ./ray_results)")
+        if name == "rm":
+            c.add_argument("keys", nargs="*", metavar="KEY")
+            c.add_argument("--stale", action="store_true", help="every entry computed by code other than today's")
+    ca.set_defaults(func=cmd_cache)
     da = sub.add_parser("data", help="synthesise or ingest a dataset")
     dsub = da.add_subparsers(dest="action", required=True)
     sy = dsub.add_parser("synth")

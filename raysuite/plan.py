@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from raysuite import __version__
-from raysuite.methods import METHODS
+from raysuite.code_fingerprint import fingerprint
+from raysuite.methods import METHODS, MODULES
 from raysuite.spec import (
     FOLD,
     Spec,
@@ -52,6 +52,20 @@ class TrialPlan:
         return f"{self.config_id}-{seeds or 'r0'}"
 
 
+WORKER = "raysuite.tune.worker"  # the Ray Train worker: seeds, samplers, the epoch loop's caller
+
+
+def code_fingerprint(method: str) -> str:
+    """Fingerprint of the code computing ``method``'s stages (its module, the Train worker
+    and every raysuite module they import): :mod:`raysuite.code_fingerprint`."""
+    return fingerprint(MODULES[method]) + fingerprint(WORKER)
+
+
+def stage_world_size(spec: Spec, stage: str) -> int:
+    """How many DDP workers run ``stage``: a job runs in one, training in ``workers_per_trial``."""
+    return 1 if METHODS[spec.method].stages[stage].job is not None else spec.resources.workers_per_trial
+
+
 def grid_config_count(spec: Spec) -> int:
     return len(grid_points(spec)) * len(repeat_points(spec))
 
@@ -74,7 +88,8 @@ def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> Trial
     seed) pair while all configurations share the same seed set (as seed 001 did across
     intervals). A stage's key covers its config, data, seed, fold and the keys of the
     stages it consumes (not of stages it merely follows), so two independent models of
-    one trial are cached independently."""
+    one trial are cached independently. The key also covers the code computing the stage
+    (:func:`code_fingerprint`) and its world size."""
     method = METHODS[spec.method]
     configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     for key, message in method.check(configs):
@@ -96,7 +111,10 @@ def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> Trial
             "manifest": method.manifest_hash(spec.data.model_dump(), name, stage.config.model_validate(configs[name])),
             "seed": seed,
             "upstream": "+".join(live.get(c, "") for c in stage.inputs),
-            "version": __version__,
+            "code": code_fingerprint(spec.method),
+            # DDP changes what a stage computes (BatchNorm statistics, data shards): the world
+            # size is in the key beside the global batch (a config field, like every other)
+            "world_size": stage_world_size(spec, name),
         }
         if fold is not None and stage.per_fold:
             content["fold"] = fold

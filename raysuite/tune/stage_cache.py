@@ -102,6 +102,51 @@ def get_or_compute(
         time.sleep(poll_s)
 
 
+def describe(spec: Any, plan: Any, stage: str) -> dict[str, Any]:
+    """What ``raysuite cache ls`` shows of an entry, stored in its marker: the method and
+    stage, the code fingerprint it was computed with (``--stale`` compares it with today's),
+    the world size, the sweep and when it was written."""
+    from raysuite.plan import code_fingerprint, stage_world_size
+
+    return {"method": spec.method, "code": code_fingerprint(spec.method), "world_size": stage_world_size(spec, stage),
+            "sweep": spec.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+
+
+def entries(storage: str) -> list[dict[str, Any]]:
+    """Every entry under ``<storage>/stage_cache``: key, method, stage, sweep, created, size
+    (bytes), complete (has a marker) and stale (computed by other code than today's, or of a
+    method this raysuite does not have). Entries without a marker are a computation that
+    died or is under way."""
+    from raysuite.methods import MODULES
+    from raysuite.plan import code_fingerprint
+
+    fs, root = pafs.FileSystem.from_uri(_uri(f"{storage.rstrip('/')}/stage_cache"))
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory or info.base_name == "faults":
+            continue
+        marker = read_marker(storage, info.base_name) or {}
+        files = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+        method = marker.get("method")
+        current = code_fingerprint(method) if method in MODULES else None
+        out.append({
+            "key": info.base_name, "method": method, "stage": marker.get("stage"), "sweep": marker.get("sweep"),
+            "created": marker.get("created"), "size": sum(f.size or 0 for f in files if f.type == pafs.FileType.File),
+            "complete": bool(marker), "stale": bool(marker) and marker.get("code") != current,
+        })  # fmt: skip
+    return sorted(out, key=lambda e: (str(e["created"]), e["key"]))
+
+
+def remove(storage: str, key: str) -> None:
+    """Delete the entry ``key`` (its marker, checkpoints and Train run state)."""
+    fs, path = pafs.FileSystem.from_uri(_uri(entry_uri(storage, key)))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise KeyError(key)
+    fs.delete_dir(path)
+
+
 def start_coordinator(sweep: str) -> tuple[str, Any]:
     name = f"{COORDINATOR}-{sweep}"
     return name, StageCacheCoordinator.options(name=name, get_if_exists=True).remote()
