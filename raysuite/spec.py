@@ -193,7 +193,8 @@ class Faults(Strict):
     from its checkpoint). Used by the tests; harmless to leave out."""
 
     stage: str
-    fail_once_at_epoch: int = Field(ge=1)
+    fail_once_at_epoch: int | None = Field(default=None, ge=1)
+    diverge_at_epoch: int | None = Field(default=None, ge=1)  # the loss turns NaN from this epoch on
     only_seed: int | None = None  # only trials whose stage seed is this one
 
 
@@ -372,8 +373,82 @@ def check_stages(spec: Spec, path: Any = None) -> None:
         raise SpecError(path, "search", f"every configuration is skipped: {skipped[0][1]}")
     if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
         raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
-    if spec.search.scheduler.asha and spec.search.scheduler.asha.max_t < spec.search.scheduler.asha.grace_period:
+    if spec.search.scheduler.asha:
+        _check_asha(spec, path, base)
+    _check_batch_split(spec, path, base)
+
+
+def _check_batch_split(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -> None:
+    """A training stage's ``batch_size`` is the global batch (the seeds' number), split evenly
+    over ``resources.workers_per_trial`` DDP workers (``StageInputs.local_batch``): refuse
+    before any trial a base stage, arm, grid value or Optuna ``choice``/``randint`` value it
+    does not divide. Job stages run in one worker and are not checked."""
+    from raysuite.methods import METHODS
+
+    world = spec.resources.workers_per_trial
+    if world == 1:
+        return
+    method = METHODS[spec.method]
+    stages = [
+        name for name, d in method.stages.items()
+        if d.recipe is not None and d.job is None and "batch_size" in d.config.model_fields
+    ]  # fmt: skip
+
+    def refuse(key: str, value: Any, note: str = "") -> None:
+        raise SpecError(
+            path, key, f"batch_size {value}{note} is the global batch and must split evenly over "
+            f"workers_per_trial={world} DDP workers; use a multiple of {world}",
+        )  # fmt: skip
+
+    optuna = spec.search.optuna.space if spec.search.optuna else {}
+    for stage in stages:
+        key = f"{stage}.batch_size"
+        arms = spec.search.arms.values()
+        overridden = key in spec.search.grid or key in optuna or (arms and all(key in values for values in arms))
+        if not overridden and base[stage]["batch_size"] % world:  # the base value runs
+            refuse(f"stages.{key}", base[stage]["batch_size"])
+        for arm, values in spec.search.arms.items():
+            if key in values:
+                value = resolve_stage_configs(spec, {ARM: arm}, path, f"search.arms.{arm}", base=base)[stage]["batch_size"]
+                if value % world:
+                    refuse(f"search.arms.{arm}.{key}", value)
+        for i, value in enumerate(spec.search.grid.get(key, [])):
+            value = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)[stage]["batch_size"]
+            if value % world:
+                refuse(f"search.grid.{key}[{i}]", value)
+        dist = optuna.get(key)
+        if isinstance(dist, Choice):
+            for value in dist.choice:  # a value that is no int fails the stage's model in its trial
+                if isinstance(value, int) and value % world:
+                    refuse(f"search.optuna.space.{key}", value, " (a choice)")
+        elif isinstance(dist, IntRange):
+            low, high = dist.randint
+            bad = next((v for v in range(low, high + 1) if v % world), None)
+            if bad is not None:
+                refuse(f"search.optuna.space.{key}", bad, f" (in randint [{low}, {high}]; use a choice of multiples)")
+
+
+def _check_asha(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -> None:
+    """ASHA's rungs count the progress stage's epochs up to ``max_t``; a trial it does not
+    prune runs every stage. A ``max_t`` below the stage's epochs is refused: with Ray's
+    ASHA it stopped every surviving trial there, before the stages after it ran."""
+    from raysuite.methods import METHODS
+
+    asha = spec.search.scheduler.asha
+    assert asha is not None
+    if asha.max_t < asha.grace_period:
         raise SpecError(path, "search.scheduler.asha.max_t", "must be at least grace_period")
+    stage = METHODS[spec.method].schedule_stage()
+    epochs = {base[stage].get("epochs")}
+    epochs |= {v for k, vs in spec.search.grid.items() if k == f"{stage}.epochs" for v in vs}
+    epochs |= {a[f"{stage}.epochs"] for a in spec.search.arms.values() if f"{stage}.epochs" in a}
+    for n in sorted(e for e in epochs if isinstance(e, int)):
+        if asha.max_t < n:
+            raise SpecError(
+                path, "search.scheduler.asha.max_t",
+                f"{asha.max_t} is below {stage}.epochs ({n}): rungs count {stage} epochs, and a max_t short of "
+                f"them would cut surviving trials before their last stage; set it to {n}",
+            )  # fmt: skip
 
 
 def resolve_stage_configs(
@@ -507,8 +582,9 @@ def smoke(spec: Spec) -> Spec:
     data.search.repeats = {k: min(v, 2) for k, v in data.search.repeats.items()}
     if data.search.optuna:
         data.search.optuna.n_trials = min(data.search.optuna.n_trials, 2)
-    if data.search.scheduler.asha:
-        data.search.scheduler.asha.max_t = min(data.search.scheduler.asha.max_t, method.smoke_max_t)
+    if data.search.scheduler.asha:  # rungs 1, 3, 9 ... up to the smoke length of the progress stage
+        stage = method.schedule_stage()
+        data.search.scheduler.asha.max_t = resolve_stage_configs(data, {})[stage]["epochs"]
         data.search.scheduler.asha.grace_period = 1
     data.resources.gpus_per_worker = 0
     # Smoke never touches real data: a small synthetic copy of the format sits beside it.

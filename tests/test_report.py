@@ -305,3 +305,21 @@ def test_collapse_curves_count_each_pretraining_once(tmp_path, monkeypatch):
     path = collapse_curves(trials, {"a": history, "b": history, "c": history}, tmp_path)
     assert path is not None and path.stat().st_size > 0
     assert labels == ["x (n=1)", "y (n=1)"]
+
+
+def test_pruned_trials_are_listed_never_averaged():
+    from raysuite.report.tables import summary_table, with_pruned
+
+    trials = pd.DataFrame({
+        "config_id": ["a", "a", "b", "b", "c", "c"], "config": ["A", "A", "B", "B", "C", "C"],
+        "repeat": ['{"fold": 0}', '{"fold": 1}'] * 3,
+        "status": ["FINISHED", "FINISHED", "KILLED", "KILLED", "FINISHED", "KILLED"],
+        "pruned": [None, None, "6", "6", None, "2"], "objective": [0.5, 0.7, 0.9, 0.1, 0.2, 0.95],
+        "start_time": [0] * 6, "end_time": [3.6e6] * 6,
+    })  # fmt: skip
+    finished = trials[trials.status == "FINISHED"]
+    table = with_pruned(summary_table(finished, [], {}), trials).set_index("config_id")
+    assert table.loc["a", "n"] == 2 and table.loc["a", "mean"] == pytest.approx(0.6) and table.loc["a", "pruned"] == 0
+    assert table.loc["b", "n"] == 0 and table.loc["b", "pruned"] == 2 and table.loc["b", "pruned_at"] == "6"
+    assert math.isnan(table.loc["b", "mean"])  # a configuration pruned whole: listed, no mean
+    assert table.loc["c", "n"] == 1 and table.loc["c", "mean"] == pytest.approx(0.2)  # 0.95 never averaged in

@@ -124,8 +124,9 @@ def fake_metrics(monkeypatch):
 
 
 class _Trial:
-    def __init__(self, trial_id):
+    def __init__(self, trial_id, last_result=None):
         self.trial_id = trial_id
+        self.last_result = last_result or {}
 
 
 def _record_everything() -> telemetry.TrialStateCallback:
@@ -136,11 +137,12 @@ def _record_everything() -> telemetry.TrialStateCallback:
     telemetry.record_stage_cache("exp", "pretrain", hit=True)
     telemetry.record_stage_cache("exp", "finetune", hit=False)
     callback = telemetry.TrialStateCallback("exp")
-    a, b = _Trial("a"), _Trial("b")
-    callback.on_trial_start(0, [], a)
-    callback.on_trial_start(0, [], b)
+    a, b, c = _Trial("a", {"raysuite/complete": 1.0}), _Trial("b"), _Trial("c", {"val/dice": 0.5})
+    for trial in (a, b, c):
+        callback.on_trial_start(0, [], trial)
     callback.on_trial_complete(1, [], a)
     callback.on_trial_error(2, [], b)
+    callback.on_trial_complete(3, [], c)  # stopped by the scheduler: no closing row
     return callback
 
 
@@ -161,8 +163,8 @@ def test_exported_names_tags_and_kinds_follow_the_table(fake_metrics):
     assert created["raysuite_stage_cache_misses"].calls == [
         (1.0, {"experiment": "exp", "stage": "finetune"})
     ]
-    last = {tags["state"]: value for value, tags in created["raysuite_trials"].calls[-3:]}
-    assert last == {"running": 0.0, "finished": 1.0, "failed": 1.0}
+    last = {tags["state"]: value for value, tags in created["raysuite_trials"].calls[-4:]}
+    assert last == {"running": 0.0, "finished": 1.0, "pruned": 1.0, "failed": 1.0}
 
 
 def test_prometheus_names():

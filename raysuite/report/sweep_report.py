@@ -30,6 +30,7 @@ from raysuite.report.tables import (
     summary_table,
     sweep_cost,
     trial_cost,
+    with_pruned,
 )
 from raysuite.spec import LogUniform, Spec
 from raysuite.track import mlflow_runs as track
@@ -102,6 +103,9 @@ def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
         summary = summary.sort_values(
             "mean", ascending=spec.objective.mode == "min", ignore_index=True
         )
+    if not trials.empty:
+        summary = with_pruned(summary, trials)
+    if not summary.empty:
         summary.insert(0, "metric", metric)
     baseline = baseline_of(spec)
     bases = baseline_configs(finished, baseline) if baseline and not finished.empty else []
@@ -132,7 +136,7 @@ def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
 def _trial_table(trials: pd.DataFrame, resources: dict[str, Any]) -> pd.DataFrame:
     if trials.empty:
         return pd.DataFrame()
-    columns = [c for c in ("run_id", "config", "repeat", "status", "objective") if c in trials]
+    columns = [c for c in ("run_id", "config", "repeat", "status", "pruned", "failure", "objective") if c in trials]
     return pd.concat([trials[columns], trial_cost(trials, resources)], axis=1)
 
 
@@ -220,7 +224,7 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
 
 
 def _main_columns(summary: pd.DataFrame) -> pd.DataFrame:
-    keep = ("config", *STATS, "min", "max", "gpu_hours", "cpu_hours", "cost")
+    keep = ("config", *STATS, "pruned", "pruned_at", "min", "max", "gpu_hours", "cpu_hours", "cost")
     return summary[[c for c in keep if c in summary]]
 
 
@@ -251,6 +255,7 @@ def report_sweep(client: Any, spec: Spec, parent_id: str, out: Path) -> Report:
     metrics = {f"cost/{k}": v for k, v in report.cost.items()}
     metrics.update(
         {f"trials/{s.lower()}": float((status == s).sum()) for s in ("FINISHED", "FAILED")}
+        | {"trials/pruned": float((status == "KILLED").sum())}
     )
     track.log_metrics(client, parent_id, metrics, 0, 0)
     return report

@@ -96,6 +96,27 @@ def summary_table(
     return pd.DataFrame(rows)
 
 
+def with_pruned(summary: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (of finished trials) plus ``pruned``: how many of each configuration's
+    trials the scheduler stopped (runs KILLED, tag ``raysuite.pruned``), and ``pruned_at``,
+    the rungs it stopped them at. A configuration pruned whole gets a row with n = 0: it is
+    listed, and its trials are never averaged with complete ones."""
+    killed = trials[trials.status == "KILLED"] if "status" in trials else trials.iloc[:0]
+    out = summary.copy() if not summary.empty else pd.DataFrame(columns=["config_id", "config", "n"])
+    out["pruned"] = 0
+    out["pruned_at"] = ""
+    for (cid, label), group in killed.groupby(["config_id", "config"], sort=False):
+        rungs = ",".join(sorted({str(r) for r in group.get("pruned", pd.Series(dtype=str)).dropna()}))
+        if cid not in set(out.config_id):
+            out.loc[len(out), ["config_id", "config", "n"]] = [cid, label, 0]
+        where = out.config_id == cid
+        out.loc[where, "pruned"] = len(group)
+        out.loc[where, "pruned_at"] = rungs
+    out["n"] = out["n"].astype(int)
+    out["pruned"] = out["pruned"].astype(int)
+    return out
+
+
 def _config_params(trials: pd.DataFrame) -> pd.DataFrame:
     """config_id -> its decoded ``param.stages.*`` and ``param.search.arm`` (seeds dropped)."""
     columns = [

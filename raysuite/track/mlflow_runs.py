@@ -104,8 +104,31 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: Mapping[str, Any], step: 
         c.log_batch(run_id, metrics=batch)
 
 
-def end_run(c: MlflowClient, run_id: str, failed: bool = False) -> None:
-    c.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+PRUNED = "raysuite.pruned"  # the rung (progress-stage epoch) at which the scheduler cut the configuration
+FAILURE = "raysuite.failure"  # why a trial failed when raysuite knows (``diverged``)
+
+
+def outcome_tags(outcome: str, rung: int | None = None) -> dict[str, str]:
+    """Tags recording how a trial ended: ``raysuite.pruned=<rung>``, ``raysuite.failure=diverged``."""
+    if outcome == "pruned":
+        return {PRUNED: str(rung) if rung is not None else "unknown"}
+    return {FAILURE: outcome} if outcome == "diverged" else {}
+
+
+def end_run(
+    c: MlflowClient, run_id: str, failed: bool = False, killed: bool = False, tags: Mapping[str, str] | None = None
+) -> None:
+    """End a run FINISHED, FAILED or (a pruned trial) KILLED, after setting ``tags``."""
+    for key, value in (tags or {}).items():
+        c.set_tag(run_id, key, value)
+    status = RunStatus.FAILED if failed else RunStatus.KILLED if killed else RunStatus.FINISHED
+    c.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def logged_steps(c: MlflowClient, run_id: str) -> set[tuple[str, int]]:
+    """Every (metric, step) the run holds: a resumed sweep logs none of them again."""
+    run = c.get_run(run_id)
+    return {(key, m.step) for key in run.data.metrics for m in c.get_metric_history(run_id, key)}
 
 
 def fail_unfinished_children(c: MlflowClient, parent_id: str) -> int:

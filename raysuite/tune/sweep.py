@@ -8,6 +8,7 @@ Tune with ``TuneReportCallback``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -20,14 +21,12 @@ import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from raysuite.data.privacy import salt_env
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.spec import Spec, config_label, repeat_points, skipped_points
+from raysuite.spec import Spec, config_id, config_label, repeat_points, skipped_points
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import stage_cache
 from raysuite.tune.callbacks import (
@@ -36,6 +35,8 @@ from raysuite.tune.callbacks import (
     trial_params,
     trial_tags,
 )
+from raysuite.tune.repeat_asha import RepeatASHA
+from raysuite.tune.repeat_search import RepeatSearcher
 from raysuite.tune.telemetry import TrialStateCallback
 from raysuite.tune.trial import run_trial
 
@@ -64,13 +65,21 @@ def init_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": salt_env()})
 
 
-def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str) -> None:
+def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str, study: str) -> None:
     spec = Spec.model_validate_json(spec_json)
     p = plan(spec, *decode(spec, config))
+    # Tune retries the driver (max_failures); Train does not retry inside it, so a fault costs
+    # one retry of the budget, not (Train retries + 1) x (Tune retries + 1) attempts. A
+    # retried driver resumes each stage from its Train checkpoint (same run name).
     run_trial(
-        spec, p, storage, f"{spec.name}-{invocation}-{p.trial_key}",
-        callbacks=lambda: [TuneReportCallback()], relay=tune.report, coordinator=coordinator,
+        spec, p, storage, f"{spec.name}-{invocation}-{study}-{p.trial_key}",
+        callbacks=lambda: [TuneReportCallback()], relay=tune.report, coordinator=coordinator, train_retries=0,
     )  # fmt: skip
+
+
+def configuration_of(spec: Spec, config: dict[str, Any]) -> str:
+    """The configuration id of a Tune trial's config: the same for all its repeats."""
+    return config_id(decode(spec, config)[0])
 
 
 def _space(spec: Spec) -> dict[str, Any]:
@@ -96,17 +105,22 @@ def _studies(spec: Spec) -> list[str]:
     return studies
 
 
-def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callbacks: list[tune.Callback]) -> tune.Tuner:
+def _scheduler(spec: Spec, study: str) -> RepeatASHA | None:
+    """ASHA over whole configurations (:mod:`raysuite.tune.repeat_asha`). It prunes the
+    search; a grid (or arms) beside an Optuna study is the baseline: it runs whole."""
+    asha = spec.search.scheduler.asha
+    if asha is None or (study == "grid" and spec.search.optuna):
+        return None
     method = METHODS[spec.method]
+    return RepeatASHA(
+        functools.partial(configuration_of, spec), len(repeat_points(spec)), f"{method.schedule_stage()}/epoch",
+        spec.objective.column, spec.objective.mode, asha.max_t, asha.grace_period, asha.reduction_factor,
+    )  # fmt: skip
+
+
+def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callbacks: list[tune.Callback],
+           scheduler: RepeatASHA | None) -> tune.Tuner:  # fmt: skip
     metric, mode = spec.objective.column, spec.objective.mode
-    scheduler = None
-    # ASHA prunes the search; a grid (or arms) beside an Optuna study is the baseline: run it whole.
-    if spec.search.scheduler.asha and (study == "optuna" or not spec.search.optuna):
-        asha = spec.search.scheduler.asha
-        scheduler = ASHAScheduler(
-            time_attr=f"{method.schedule_stage()}/epoch", max_t=asha.max_t, grace_period=asha.grace_period,
-            reduction_factor=asha.reduction_factor,
-        )  # fmt: skip
     repeats = len(repeat_points(spec))
     if study == "grid":
         space = {POINT: tune.grid_search(list(range(grid_config_count(spec))))}
@@ -116,7 +130,7 @@ def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callbacks: list
         from optuna.samplers import TPESampler
 
         searcher = OptunaSearch(sampler=TPESampler(seed=spec.search.optuna.seed))  # metric/mode come from TuneConfig
-        search_alg = Repeater(searcher, repeat=repeats, set_index=True)
+        search_alg = RepeatSearcher(searcher, repeats, spec.search.optuna.n_trials)
         space, samples = _space(spec), spec.search.optuna.n_trials * repeats
     return tune.Tuner(
         trainable,
@@ -166,20 +180,26 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     if skipped:
         print("skipped configurations:\n  " + "\n  ".join(skipped), flush=True)
         track.log_text(client, parent, "skipped.txt", "\n".join(skipped) + "\n")
-    callbacks = [MlflowTuneCallback(spec, parent, uri), TrialStateCallback(spec.name)]
-    trainable = tune.with_parameters(
-        _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"], coordinator=coordinator
-    )
-    # The driver only waits on its TorchTrainer: it takes no CPU a training worker could use.
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1})
     failed = False
+    states = TrialStateCallback(spec.name)  # one for every study: its counts add up over them
     try:
         for study in _studies(spec):
+            trainable = tune.with_parameters(
+                _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"],
+                coordinator=coordinator, study=study,
+            )  # fmt: skip
+            # The driver only waits on its TorchTrainer: it takes no CPU a training worker could use.
+            trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1})
             path = f"{exp_dir}/{study}"
             if resume and tune.Tuner.can_restore(path):
                 tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
             else:
-                tuner = _tuner(spec, study, trainable, exp_dir, callbacks)
+                # Each study gets callbacks of its own: Tune appends its progress reporter to
+                # the list it is given, and a reporter left over from the first study broke
+                # the second one's output (TypeError in _get_time_str) and ended the sweep.
+                scheduler = _scheduler(spec, study)
+                callbacks = [MlflowTuneCallback(spec, parent, uri, study, scheduler), states]
+                tuner = _tuner(spec, study, trainable, exp_dir, callbacks, scheduler)
             grid = tuner.fit()
             failed |= any(r.error is not None for r in grid)
     except BaseException:
@@ -225,10 +245,10 @@ def run_single(spec: Spec, address: str | None = None) -> str:
     )  # fmt: skip
     callback = MlflowTrainCallback(run_id, uri)
     try:
-        run_trial(spec, p, storage, f"{spec.name}-{invocation}-{p.trial_key}",
-                  callbacks=lambda: [callback], relay=callback.log, coordinator=None)  # fmt: skip
+        outcome = run_trial(spec, p, storage, f"{spec.name}-{invocation}-{p.trial_key}", callbacks=lambda: [callback],
+                            relay=callback.log, coordinator=None, train_retries=spec.resources.max_failures)  # fmt: skip
     except BaseException:
         track.end_run(client, run_id, failed=True)
         raise
-    track.end_run(client, run_id)
+    track.end_run(client, run_id, failed=outcome == "diverged", tags=track.outcome_tags(outcome))
     return run_id

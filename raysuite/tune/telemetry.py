@@ -5,7 +5,7 @@ there, so ``raysuite validate`` can read them). Where they are recorded:
 
 - epoch metrics (samples/s, data wait, GPU memory, epoch time): rank 0 of each Train
   worker group, from the metrics the epoch loop reports (:func:`record_epoch`);
-- trials running / finished / failed: the sweep driver, :class:`TrialStateCallback`;
+- trials running / finished / pruned / failed: the sweep driver, :class:`TrialStateCallback`;
 - stage-cache hits and misses: the trial driver, :func:`record_stage_cache`.
 
 Naming, as verified in Ray 2.60's source: each process sends its metrics to its node's
@@ -42,6 +42,8 @@ from ray.tune import Callback
 from ray.util.metrics import Counter, Gauge, Metric
 
 from raysuite.train.telemetry import METRIC, METRICS, TRIAL_STATES
+from raysuite.tune.outcome import classify
+from raysuite.tune.safe_callback import guarded
 
 _BY_LOOP_KEY = {d.loop_key: d for d in METRICS if d.loop_key}
 _metrics: dict[str, Metric] = {}
@@ -103,7 +105,7 @@ def record_trials(experiment: str, counts: dict[str, int]) -> None:
 
 
 class TrialStateCallback(Callback):
-    """Keeps each Tune trial's latest state (running, finished, failed) and exports the
+    """Keeps each Tune trial's latest state (running, finished, pruned, failed) and exports the
     counts. One instance serves every study of a sweep, so the counts add up over them;
     a trial restarted after a failure (or on resume) counts as running again."""
 
@@ -115,11 +117,15 @@ class TrialStateCallback(Callback):
         self.states[trial.trial_id] = state
         record_trials(self.experiment, dict(Tally(self.states.values())))
 
+    @guarded
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._set(trial, "running")
 
+    @guarded
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._set(trial, "finished")
+        outcome = classify(trial.last_result)
+        self._set(trial, {"complete": "finished", "diverged": "failed"}.get(outcome, outcome))
 
+    @guarded
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._set(trial, "failed")

@@ -22,7 +22,12 @@ from raysuite.plan import TrialPlan
 from raysuite.spec import Spec
 from raysuite.train.loop import HISTORY_FILE
 from raysuite.tune import stage_cache, telemetry
+from raysuite.tune.outcome import CHECKPOINTED, COMPLETE, DIVERGED, Outcome
 from raysuite.tune.worker import run_job, stage_worker
+
+
+class StageDiverged(Exception):
+    """A stage's loss went non-finite: the trial ends FAILED (diverged), never retried."""
 
 
 def run_stage(
@@ -34,11 +39,13 @@ def run_stage(
     upstreams: dict[str, str],
     callbacks: list[Any],
     fail_marker: str | None = None,
+    train_retries: int = 0,
 ) -> ray.train.Result:
     """Train one stage with ``workers_per_trial`` DDP workers (a worker job: one worker).
     A rerun with the same ``name`` and ``storage`` resumes from the run's latest
     checkpoint (Train V2 restores its checkpoint manager from storage), as do worker-group
-    retries within the run."""
+    retries within the run (``train_retries``). Raises :class:`StageDiverged` when the
+    stage's loss went non-finite."""
     res = spec.resources
     use_gpu = res.gpus_per_worker > 0
     # Workers may wait for an autoscaled GPU node, or for a stopped trial's workers to be
@@ -48,7 +55,10 @@ def run_stage(
     loop_config["telemetry"] = {"experiment": spec.name, "trial": plan.trial_key}
     faults = spec.faults
     if faults and stage == faults.stage and faults.only_seed in (None, plan.configs[stage]["seed"]):
-        loop_config.update(fail_marker=fail_marker, fail_at_epoch=faults.fail_once_at_epoch)
+        if faults.fail_once_at_epoch is not None:
+            loop_config.update(fail_marker=fail_marker, fail_at_epoch=faults.fail_once_at_epoch)
+        if faults.diverge_at_epoch is not None:
+            loop_config.update(diverge_at_epoch=faults.diverge_at_epoch, diverge_log=f"{fail_marker}.diverged")
     trainer = TorchTrainer(
         stage_worker,
         train_loop_config=loop_config,
@@ -61,12 +71,15 @@ def run_stage(
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=train_retries),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if (result.metrics or {}).get(DIVERGED):
+        raise StageDiverged(f"stage {stage}: non-finite loss")
+    return result
 
 
 def run_trial(
@@ -77,37 +90,60 @@ def run_trial(
     callbacks: Callable[[], list[Any]],
     relay: Callable[[dict[str, Any]], None],
     coordinator: str | None,
-) -> None:
+    train_retries: int = 0,
+) -> Outcome:
     """Run every stage of ``plan``. ``relay`` receives the stored per-epoch history of a
-    cached stage this trial did not compute, so every trial's run shows its pretraining."""
+    cached stage this trial did not compute, so every trial's run shows its pretraining,
+    and at the end one closing row: every stage's last metrics (the objective after the last
+    stage, for the searcher) with :data:`COMPLETE`, or :data:`DIVERGED` when a stage's loss
+    went non-finite (the remaining stages do not run)."""
     method = METHODS[spec.method]
     outputs: dict[str, str] = {}
-    for name, stage in method.stages.items():
-        upstreams = {c: outputs[c] for c in stage.inputs if c in outputs}
-        if stage.skip(plan.configs[name]):
-            print(f"[raysuite] {run_name}: stage {name} skipped by its config")
-            continue
-        if stage.job_on == "driver":
-            _run_driver_job(spec, plan, name, upstreams, relay)
-        elif stage.cacheable:
+    last: dict[str, Any] = {}
+    try:
+        for name, stage in method.stages.items():
+            upstreams = {c: outputs[c] for c in stage.inputs if c in outputs}
+            if stage.skip(plan.configs[name]):
+                print(f"[raysuite] {run_name}: stage {name} skipped by its config")
+                continue
+            if stage.job_on == "driver":
+                with tempfile.TemporaryDirectory(prefix=f"raysuite-{name}-") as out:
+                    metrics = run_job(_stage_config(spec, plan, name, upstreams), Path(out))
+                relay(metrics)
+                last.update(metrics)
+            elif stage.cacheable:
 
-            def compute(name: str = name, upstreams: dict[str, str] = upstreams) -> dict[str, Any]:
-                result = run_stage(spec, plan, name, plan.keys[name], f"{storage}/stage_cache", upstreams, callbacks(),
-                                   _fail_marker(storage, run_name, name))  # fmt: skip
-                return {"checkpoint": result.checkpoint.path, "stage": name, "history": _history(result)}
+                def compute(name: str = name, upstreams: dict[str, str] = upstreams) -> dict[str, Any]:
+                    result = run_stage(spec, plan, name, plan.keys[name], f"{storage}/stage_cache", upstreams,
+                                       callbacks(), _fail_marker(storage, run_name, name), train_retries)  # fmt: skip
+                    return {"checkpoint": result.checkpoint.path, "stage": name, "history": _history(result),
+                            **stage_cache.describe(spec, plan, name)}  # fmt: skip
 
-            marker, computed = stage_cache.get_or_compute(storage, plan.keys[name], name, run_name, compute, coordinator)
-            telemetry.record_stage_cache(spec.name, name, hit=not computed)
-            if not computed:
-                print(f"[raysuite] {run_name}: stage {name} reused from the stage cache (key {plan.keys[name]})")
-                for row in marker.get("history", []):
-                    relay({**row, "stage_cache/hit": 1.0})
-            outputs[name] = marker["checkpoint"]
-        else:
-            result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstreams, callbacks(),
-                               _fail_marker(storage, run_name, name))  # fmt: skip
-            if result.checkpoint:
-                outputs[name] = result.checkpoint.path
+                marker, computed = stage_cache.get_or_compute(storage, plan.keys[name], name, run_name, compute, coordinator)
+                telemetry.record_stage_cache(spec.name, name, hit=not computed)
+                if not computed:
+                    print(f"[raysuite] {run_name}: stage {name} reused from the stage cache (key {plan.keys[name]})")
+                    for row in marker.get("history", []):
+                        relay({**row, "stage_cache/hit": 1.0})
+                last.update(marker.get("history", [{}])[-1] if marker.get("history") else {})
+                outputs[name] = marker["checkpoint"]
+            else:
+                result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstreams, callbacks(),
+                                   _fail_marker(storage, run_name, name), train_retries)  # fmt: skip
+                last.update(result.metrics or {})
+                if result.checkpoint:
+                    outputs[name] = result.checkpoint.path
+    except StageDiverged as err:
+        print(f"[raysuite] {run_name}: {err}; the trial ends FAILED (diverged), without retries", flush=True)
+        relay({**_scalars(last), DIVERGED: 1.0})
+        return "diverged"
+    relay({**_scalars(last), COMPLETE: 1.0})
+    return "complete"
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers only (artifact texts were logged when their stage reported them)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != CHECKPOINTED}
 
 
 def _stage_config(spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, str]) -> dict[str, Any]:
@@ -122,15 +158,6 @@ def _stage_config(spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, 
         "upstreams": upstreams,
         "fold": plan.fold,
     }
-
-
-def _run_driver_job(
-    spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, str], relay: Callable[[dict[str, Any]], None]
-) -> None:
-    """A light job (e.g. a threshold search on saved predictions) run right here in the
-    trial driver: its metrics and artifacts go to the trial's run through ``relay``."""
-    with tempfile.TemporaryDirectory(prefix=f"raysuite-{stage}-") as out:
-        relay(run_job(_stage_config(spec, plan, stage, upstreams), Path(out)))
 
 
 def _fail_marker(storage: str, run_name: str, stage: str) -> str:
