@@ -29,13 +29,6 @@ faults: {{stage: finetune, fail_once_at_epoch: 1, only_seed: 1}}
 """
 
 
-@pytest.fixture()
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def _spec(tmp_path, flare_root, **kw):
     path = tmp_path / "spec.yaml"
     text = SPEC.format(root=flare_root, cache=tmp_path / "cache", storage=tmp_path / "storage", **kw)

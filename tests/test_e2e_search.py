@@ -12,13 +12,6 @@ from raysuite.track import mlflow_runs as track
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture()
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def test_one_case_search_smoke_runs_every_stage_of_surviving_trials(ray_session, mlflow_uri, tmp_path, monkeypatch):
     from raysuite.tune.sweep import run_sweep
 

@@ -29,7 +29,9 @@ at 0.5. The model is the last epoch's: the held-out fold is the seed's test set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -533,19 +535,26 @@ def _restoration_errors(
 ) -> list[tuple[float, int]]:
     """Per item of ``loader`` (corrupted, clean (1, S, S) pairs; weights frozen): the
     restoration's summed squared error (in float64) and its pixel count."""
-    was_training = net.training
-    net.eval()
     out: list[tuple[float, int]] = []
-    with (
-        torch.no_grad(),
-        torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
-    ):
+    with _inference(net, device, amp):
         for corrupted, clean in loader:
             restored = net(corrupted.to(device).expand(-1, 3, -1, -1)).double()
             errors = (restored - clean.to(device).double()).pow(2).flatten(1).sum(1)
             out.extend((e, clean[0].numel()) for e in errors.tolist())
-    net.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def _inference(net: nn.Module, device: torch.device, amp: bool) -> Iterator[None]:
+    """``net`` in eval mode, without gradients, under fp16 autocast on CUDA when ``amp``;
+    its training mode comes back afterwards."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            yield
+    finally:
+        net.train(was_training)
 
 
 def load_best(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -631,16 +640,10 @@ def classifier_evaluation(loader: DataLoader, amp: bool) -> Evaluation:
     image's (logit, label)."""
 
     def predict(net: nn.Module, device: torch.device, shard: DataLoader) -> list[tuple[float, float]]:
-        was_training = net.training
-        net.eval()
         out: list[tuple[float, float]] = []
-        with (
-            torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"),
-        ):
+        with _inference(net, device, amp):
             for x, y in shard:
                 out.extend(zip(net(x.to(device)).float().cpu().tolist(), y.tolist(), strict=True))
-        net.train(was_training)
         return out
 
     def score(records: list[tuple[float, float]]) -> dict[str, float]:
