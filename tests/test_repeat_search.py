@@ -137,3 +137,24 @@ def test_outcome_classification():
     assert classify({"m": 1}) == "pruned"
     assert classify({"raysuite/diverged": 1.0}) == "diverged"
     assert classify({"m": 1}, error=True) == "failed"
+
+
+def test_tune_saves_and_restores_the_groups_with_optuna(tmp_path):
+    """Tune's SearchGenerator checkpoints a wrapper by get_state and the wrapped searcher by
+    its file (the first Optuna study of a sweep died here on NotImplementedError)."""
+    from ray.tune.search import SearchGenerator
+
+    def make():
+        inner = OptunaSearch(metric="m", mode="max", sampler=optuna.samplers.TPESampler(seed=0))
+        search = RepeatSearcher(inner, repeats=2, budget=2)
+        search.set_search_properties("m", "max", {"s.lr": __import__("ray").tune.uniform(0, 1)})
+        return SearchGenerator(search)
+
+    first = make()
+    config = first.searcher.suggest("t0")
+    first.save_to_dir(str(tmp_path), session_str="s")
+    second = make()
+    second.restore_from_dir(str(tmp_path))
+    # the restored wrapper owes the same configuration's second repeat
+    assert second.searcher.suggest("t1") == {**config, "__trial_index__": 1}
+    assert len(second.searcher.searcher._ot_study.trials) == 1

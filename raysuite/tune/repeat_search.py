@@ -12,7 +12,6 @@ else when it ends) and counts towards ``n_trials``, as a trial Optuna asked for.
 from __future__ import annotations
 
 import copy
-import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,15 +107,17 @@ class RepeatSearcher(Searcher):
         else:  # OptunaSearch: no result and no error -> PRUNED; error -> FAIL
             self.searcher.on_trial_complete(inner_id, result=None, error=outcome == "failed")
 
+    def get_state(self) -> dict[str, Any]:
+        """This wrapper's groups (which repeats are still owed, what Optuna was told): Tune's
+        SearchGenerator saves a wrapper's state beside the wrapped searcher's own file, so
+        ``--resume`` carries both."""
+        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def save(self, checkpoint_path: str) -> None:
-        """This wrapper's groups and the wrapped searcher's state in one file (Tune keeps one
-        searcher file per experiment), so ``--resume`` knows which repeats are still owed."""
-        own = {k: v for k, v in self.__dict__.items() if k != "searcher"}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"own": own, "inner": self.searcher.__dict__.copy()}, f)
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.__dict__.update(state["own"])
-        self.searcher.__dict__.update(state["inner"])
+        self.searcher.restore(checkpoint_path)
