@@ -45,6 +45,20 @@ def test_a_configuration_is_decided_on_the_mean_of_its_repeats():
     assert book.pruned == {"c0": 2, "c1": 2}
     assert book.result("c0", 3, 0.97) == STOP  # the sibling that ran on is stopped too
     assert book.result("a0", 3, 0.9) == GO
+    book.end("c1"), book.end("c0")  # their ends decide nothing more: the rung stays 2
+    assert book.pruned == {"c0": 2, "c1": 2} and book.rung_means[2] == [0.5, 0.6, 0.475]
+
+
+def test_a_pruned_configuration_is_not_decided_again_at_later_rungs():
+    book = RungBook([1, 3], reduction_factor=2, repeats=2)
+    for cfg in "ab":
+        book.add(f"{cfg}0", cfg), book.add(f"{cfg}1", cfg)
+    for t, v in (("a0", 0.9), ("a1", 0.9), ("b0", 0.1), ("b1", 0.1)):
+        book.result(t, 1, v)
+    assert book.pruned == {"b0": 1, "b1": 1}
+    book.result("a0", 3, 0.9), book.result("a1", 3, 0.9)
+    book.end("b0"), book.end("b1")  # ended at rung 1 with their last values
+    assert book.pruned == {"b0": 1, "b1": 1} and book.rung_means[3] == [0.9]
 
 
 def test_per_trial_asha_would_have_split_the_configuration():

@@ -100,6 +100,8 @@ class RungBook:
         return all(t in at or t in self.ended for t in members)
 
     def _decide(self, config: str) -> None:
+        if config in self.pruned_configs:  # decided for good: no later rung, no say in others' cut-offs
+            return
         for m in self.milestones:
             if m in self.decided[config] or not self._complete(config, m):
                 continue
