@@ -44,9 +44,9 @@ def encoded(value: Any) -> Any:
 def summarised_metrics(trials: pd.DataFrame, metrics: list[str]) -> list[str]:
     """The final metrics worth a mean over repeats: raysuite's own (``<stage>/<name>``,
     ``val/<name>``; Tune's ``pid``, ``timestamp``, ``iterations_since_restore``... have no
-    ``/``), numeric, not bookkeeping."""
+    ``/``), numeric, not bookkeeping (epochs, lr, stage-cache hits, outcome flags ``raysuite/*``)."""
     return [m for m in metrics if m in trials and "/" in m and not m.endswith(_NOT_SUMMARISED)
-            and not m.startswith("stage_cache/")
+            and not m.startswith(("stage_cache/", "raysuite/"))
             and pd.api.types.is_numeric_dtype(trials[m])]  # fmt: skip
 
 
