@@ -101,7 +101,11 @@ def method_data(request, tmp_path):
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard is on, as `raysuite sweep` has it: Train V2's PlacementGroupCleaner asks
+    # the State API whether a stopped trial's controller is gone before it frees the trial's
+    # worker group. Without it a trial stopped by the scheduler kept its CPUs and the next
+    # TorchTrainer waited for them forever.
+    ray.init(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 
