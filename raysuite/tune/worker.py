@@ -150,7 +150,13 @@ def stage_worker(config: dict[str, Any]) -> None:
             fit(recipe, runtime)
         except Diverged as err:
             print(f"[raysuite] {err}: the trial ends FAILED (diverged), without retries", flush=True)
-            runtime.report({f"{config['stage']}/diverged": 1.0, DIVERGED: 1.0}, None)
+            # with a checkpoint (a note, no weights): Train V2's Result.metrics are those of
+            # the latest checkpointed report, and the driver reads the divergence there
+            with tempfile.TemporaryDirectory(prefix="raysuite-diverged-") as tmp:
+                note = Path(tmp) if runtime.rank == 0 else None
+                if note is not None:
+                    (note / "diverged.txt").write_text(f"{err}\n")
+                runtime.report({f"{config['stage']}/diverged": 1.0, DIVERGED: 1.0}, note)
 
 
 def _diverge_drill(recipe: Recipe, epoch: int, log: str | None, rank: int) -> None:
