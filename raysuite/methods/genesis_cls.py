@@ -58,7 +58,13 @@ from raysuite.methods.nn.genesis_models import (
 )
 from raysuite.methods.nn.genesis_transforms import GenesisTransforms
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Evaluation, Recipe, loader_evaluation, seed_everything
+from raysuite.train.loop import (
+    Evaluation,
+    Recipe,
+    load_state,
+    loader_evaluation,
+    seed_everything,
+)
 
 TASKS = ("luna16", "mura")
 INITS = ("scratch", "genesis", "imagenet")
@@ -559,7 +565,7 @@ def _inference(net: nn.Module, device: torch.device, amp: bool) -> Iterator[None
 
 def load_best(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     """The stage's best weights (by its monitored metric), else its last."""
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_state(checkpoint_dir)
     return state.get("best_model") or state["model"]
 
 

@@ -42,7 +42,7 @@ from raysuite.methods.nn.simsiam import (
     collapse_coefficient,
     simsiam_loss,
 )
-from raysuite.train.loop import STATE_FILE, Evaluation, Recipe
+from raysuite.train.loop import Evaluation, Recipe, load_state
 
 PREP = flare22.Preprocessing()
 
@@ -270,7 +270,7 @@ class SimSiamSwin(nn.Module):
 
 def load_encoder(model: nn.Module, checkpoint_dir: Path) -> None:
     """Load the pretrained encoder into ``model.swinViT`` strictly (no missing keys)."""
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    state = load_state(checkpoint_dir)["model"]
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     result = model.swinViT.load_state_dict(encoder, strict=True)
     assert not result.missing_keys and not result.unexpected_keys, result

@@ -59,7 +59,7 @@ from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
 from raysuite.methods.nn.weights import load_imagenet_weights
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Recipe, loader_evaluation
+from raysuite.train.loop import Recipe, load_state, loader_evaluation
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet (fastai imagenet_stats)
 FOLDS = 5  # §5.3: 5-fold cross-validation
@@ -332,7 +332,7 @@ def segmenter_model(cfg: SegmenterConfig) -> TimmUNet:
 
 def load_trained(model: nn.Module, checkpoint_dir: Path) -> nn.Module:
     """The stage's best weights (by its monitored metric), else its last."""
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_state(checkpoint_dir)
     model.load_state_dict(state.get("best_model") or state["model"])
     return model.eval()
 

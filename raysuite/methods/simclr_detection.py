@@ -46,7 +46,7 @@ from raysuite.methods.nn.det_metrics import DetectionEvaluator
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.simclr import ProjectionHead, nt_xent, nt_xent_accuracy
 from raysuite.report.curves import label_fraction_curve
-from raysuite.train.loop import STATE_FILE, Evaluation, Recipe, loader_evaluation
+from raysuite.train.loop import Evaluation, Recipe, load_state, loader_evaluation
 
 CLASSES = vindr_cxr.CLASSES
 NUM_CLASSES = len(CLASSES) + 1  # with background (index 0 in torchvision's detectors)
@@ -263,7 +263,7 @@ def detector(cfg: FinetuneConfig, loaded: bool) -> nn.Module:
 def load_simclr_backbone(model: nn.Module, checkpoint_dir: Path) -> None:
     """Load the SimCLR encoder into ``model.backbone.body``: strict on every backbone key
     (nothing missing); the projection head is dropped."""
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)["model"]
+    state = load_state(checkpoint_dir)["model"]
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     result = model.backbone.body.load_state_dict(encoder, strict=True)
     assert not result.missing_keys and not result.unexpected_keys, result

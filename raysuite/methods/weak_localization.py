@@ -56,7 +56,7 @@ from raysuite.methods.nn.weak_loc_losses import (
     relaxed_loss,
 )
 from raysuite.report.summary import summarise
-from raysuite.train.loop import STATE_FILE, Evaluation, Recipe, loader_evaluation
+from raysuite.train.loop import Evaluation, Recipe, load_state, loader_evaluation
 
 CLASSES, BOX_CLASSES = cxr14.CLASSES, cxr14.BOX_CLASSES
 THRESHOLD_NAMES = ("tau", "rho", "tau_hat", "rho_hat")
@@ -328,7 +328,7 @@ def crf_model(cfg: CrfConfig, base: PatchGridNet) -> CrfNet:
 
 def load_trained(model: nn.Module, checkpoint_dir: Path) -> nn.Module:
     """The stage's final weights (and thresholds) from its checkpoint."""
-    state = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_state(checkpoint_dir)
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -173,6 +173,13 @@ class Recipe:
     on_metrics: Callable[[dict[str, Any]], None] | None = None
 
 
+def load_state(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A stage checkpoint's state (model, optimiser, scaler, best weights, history) as the
+    loop saves it. Read with ``weights_only=True``: tensors, numbers, strings and containers
+    only, so a checkpoint someone else could write on shared storage cannot run code here."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location=map_location, weights_only=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -207,7 +214,7 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
 
     with runtime.restore() as ckpt_dir:
         if ckpt_dir is not None:
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location=device, weights_only=False)
+            state = load_state(Path(ckpt_dir), device)
             module.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
@@ -258,12 +265,12 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             if recipe.monitor:
                 value = val[recipe.monitor]
                 if _better(value, best, recipe.mode):
-                    best, best_epoch = value, epoch
+                    best, best_epoch = float(value), epoch
                     best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                 metrics[f"{recipe.monitor}_best"] = float(best) if best is not None else float("nan")
         if recipe.monitor and recipe.patience is not None and evaluate_now:
             stop = epoch - best_epoch >= recipe.patience
-        history.append(dict(metrics))
+        history.append({k: v.item() if isinstance(v, np.generic) else v for k, v in metrics.items()})  # plain: weights_only
         if recipe.on_metrics is not None:
             recipe.on_metrics(metrics)
         checkpoint_now = evaluate_now or recipe.evaluate is None or epoch == recipe.epochs or stop

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray.train
 from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, SHOULD_CHECKPOINT, TRIAL_ID
 
 from raysuite.methods.base import ARTIFACT
 from raysuite.plan import TrialPlan, decode, plan
@@ -73,9 +74,7 @@ class MetricLog:
 
 
 # what Tune adds to every result: not the trial's metrics
-_TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid", "hostname", "node_ip",
-              "time_since_restore", "iterations_since_restore", "done", "trial_id", "date", "config",
-              "checkpoint_dir_name", "should_checkpoint"}  # fmt: skip
+_TUNE_KEYS = {*AUTO_RESULT_KEYS, DONE, TRIAL_ID, SHOULD_CHECKPOINT}
 
 
 def trial_params(p: TrialPlan) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def run_trial(
                     print(f"[raysuite] {run_name}: stage {name} reused from the stage cache (key {plan.keys[name]})")
                     for row in marker.get("history", []):
                         relay({**row, "stage_cache/hit": 1.0})
-                last.update(marker.get("history", [{}])[-1] if marker.get("history") else {})
+                last.update((marker.get("history") or [{}])[-1])
                 outputs[name] = marker["checkpoint"]
             else:
                 result = run_stage(spec, plan, name, f"{run_name}-{name}", storage, upstreams, callbacks(),
