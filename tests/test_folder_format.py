@@ -84,7 +84,7 @@ def test_synth_then_ingest_counts_add_up_and_rows_describe_each_file(collection)
     for patient, rows in df.groupby(df.path.str.split("/").str[0]):
         assert set(rows.patient_key) == {privacy.salted_key(patient)}
     assert df.patient_key.nunique() == 4
-    assert all(re.fullmatch(r"f[0-9a-f]{12}", s) for s in df.sample_id)
+    assert all(re.fullmatch(r"f_[0-9a-f]{16}", s) for s in df.sample_id)
     assert df.sample_id.tolist() == [folder.sample_id(p) for p in df.path]
     assert df.loc["sub-001/anat/t1.nii.gz", "study"] == privacy.salted_key("sub-001/anat", "s")
     uid = pydicom.dcmread(

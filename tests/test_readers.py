@@ -185,3 +185,82 @@ def test_nifti_nan_and_4d(tmp_path):
     assert err.value.code == "needs_volume_index"
     second, _ = read_nifti(tmp_path / "four.nii.gz", volume=1)
     assert second.shape == (3, 3, 3) and (second == 7).all()
+
+
+def _with_text(path, **elements):
+    """``path`` rewritten with ``elements`` stored as LO text (a value of the wrong kind)."""
+    from pydicom import datadict, dcmread
+
+    ds = dcmread(path)
+    for keyword, value in elements.items():
+        tag = datadict.tag_for_keyword(keyword)
+        del ds[tag]
+        ds.add_new(tag, "LO", value)
+    ds.save_as(path)
+    return path
+
+
+def test_header_values_of_the_wrong_kind_fail_without_quoting_them(tmp_path):
+    spacing = _with_text(_dicom(tmp_path / "s.dcm"), PixelSpacing="PID-4471\\1")
+    with pytest.raises(ReadError) as err:
+        read_dicom(spacing)
+    assert err.value.code == "bad_header" and "4471" not in err.value.reason
+    slope = _with_text(_dicom(tmp_path / "r.dcm", rescale=(1, 0)), RescaleSlope="QUILL")
+    with pytest.raises(ReadError) as err:
+        read_dicom(slope)
+    assert err.value.code == "bad_header" and "QUILL" not in err.value.reason
+    _, meta = read_dicom(_with_text(_dicom(tmp_path / "m.dcm"), Modality="QUILL^AGATHA"))
+    assert meta.modality == "" and meta.photometric == "MONOCHROME2"  # not a DICOM code: dropped
+
+
+def test_reader_reasons_quote_neither_paths_nor_exceptions(tmp_path):
+    folder = tmp_path / "QUILL AGATHA"
+    folder.mkdir()
+    (folder / "x.nii.gz").write_bytes(b"not a nifti at all")
+    (folder / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    for reader, name in ((read_nifti, "x.nii.gz"), (read_png, "x.png")):
+        with pytest.raises(ReadError) as err:
+            reader(folder / name)
+        assert "QUILL" not in err.value.reason and str(tmp_path) not in err.value.reason
+
+
+def test_a_metaimage_data_file_outside_the_root_is_refused(tmp_path):
+    from raysuite.data.slices import read_slice
+
+    data = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.raw").write_bytes(data.astype("<i2").tobytes())
+    (tmp_path / "root" / "p1").mkdir(parents=True)
+    mhd = _write_mhd(tmp_path / "root" / "p1", data, ElementDataFile="../../outside/x.raw")
+    row = {"path": "p1/v.mhd", "depth": 2, "height": 3, "width": 4}
+    for read in (lambda: read_mhd(mhd), lambda: read_mhd(mhd, tmp_path / "root"),
+                 lambda: read_slice(tmp_path / "root", row, 0)):  # fmt: skip
+        with pytest.raises(ReadError) as err:
+            read()
+        assert err.value.code == "outside_root"
+    inside = _write_mhd(tmp_path / "root" / "p1", data, ElementDataFile="../p2/x.raw")
+    (tmp_path / "root" / "p2").mkdir()
+    (tmp_path / "root" / "p2" / "x.raw").write_bytes(data.astype("<i2").tobytes())
+    np.testing.assert_array_equal(read_mhd(inside, tmp_path / "root")[0], data)  # inside the root
+    with pytest.raises(ReadError, match="outside"):
+        read_mhd(inside)  # the default root is the header's own folder
+
+
+def test_read_slice_follows_links_only_inside_the_root(tmp_path):
+    from raysuite.data.slices import SliceReader, read_slice
+
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    (tmp_path / "outside").mkdir()
+    Image.fromarray(gray).save(tmp_path / "outside" / "g.png")
+    root = tmp_path / "root"
+    (root / "p").mkdir(parents=True)
+    Image.fromarray(gray).save(root / "real.png")
+    (root / "p" / "in.png").symlink_to(root / "real.png")
+    (root / "p" / "out.png").symlink_to(tmp_path / "outside" / "g.png")
+    np.testing.assert_array_equal(read_slice(root, {"path": "p/in.png"}, 0), gray)
+    for read in (read_slice, SliceReader()):
+        with pytest.raises(ReadError) as err:
+            read(root, {"path": "p/out.png"}, 0)
+        assert err.value.code == "outside_root"
+        with pytest.raises(ReadError, match="outside"):
+            read(root, {"path": "../outside/g.png"}, 0)

@@ -4,24 +4,54 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import math
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from raysuite.data import formats, manifest
+from raysuite.data import formats, manifest, privacy
 from raysuite.data.ingest import LayoutError, Ledger, default_workers
 
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """Patient-level split written into the manifest: ratios (train, val, test) or folds."""
+    """Patient-level split written into the manifest: ratios (train, val, test) and,
+    optionally, K >= 2 folds. Checked when built (:class:`ManifestError`), so a bad split
+    fails before any file is decoded."""
 
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     seed: int = 0
     folds: int | None = None
+
+    def __post_init__(self) -> None:
+        ratios = tuple(self.ratios)
+        if (
+            len(ratios) != 3
+            or not all(isinstance(r, int | float) and math.isfinite(r) and r >= 0 for r in ratios)
+            or abs(sum(ratios) - 1) > 1e-6
+        ):
+            raise manifest.ManifestError(
+                f"split ratios {list(ratios)} must be three non-negative numbers summing to 1"
+            )
+        if self.folds is not None and self.folds < 2:
+            raise manifest.ManifestError(f"folds must be >= 2, got {self.folds}")
+        object.__setattr__(self, "ratios", tuple(float(r) for r in ratios))
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> SplitOptions:
+        """The split of a spec's ``data`` section (``data.split``; defaults when unset)."""
+        split = data.get("split") or {}
+        default = cls()
+        return cls(
+            ratios=tuple(split.get("ratios", default.ratios)),
+            seed=int(split.get("seed", default.seed)),
+            folds=split.get("folds"),
+        )
 
 
 def errors_path(manifest_path: str | Path) -> Path:
@@ -38,39 +68,62 @@ def apply_split(df: pd.DataFrame, split: SplitOptions) -> pd.DataFrame:
 
 
 def run_ingest(
-    fmt: str, root: str | Path, out: str | Path, workers: int | None = None, split: SplitOptions | None = None
+    fmt: str,
+    root: str | Path,
+    out: str | Path,
+    workers: int | None = None,
+    split: SplitOptions | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Ingest ``root`` (layout ``fmt``) into the manifest ``out`` and its error table.
+    """Ingest ``root`` (layout ``fmt``) into the manifest ``out`` and its error table,
+    reporting decoding progress on stderr unless ``progress`` is false.
 
     Returns the counts (found, ingested, failed, failed_by_reason) and the content hash.
-    Raises :class:`LayoutError` when ``root`` is not the layout.
+    Raises :class:`~raysuite.data.privacy.SaltError` before reading anything when the salt
+    is unusable, and :class:`LayoutError` when ``root`` is not the layout or when every
+    sample failed (the error table is written first; no manifest is).
     """
+    privacy.check_salt()
     root = Path(root).resolve()
     if not root.is_dir():
         raise LayoutError(root, "dataset root is not a directory")
-    ledger = Ledger(root=root)
+    split = split or SplitOptions()
+    ledger = Ledger(root=root, progress=progress)
     formats.get(fmt).ingest(root, ledger, workers=workers or default_workers())
     if not ledger.rows and not ledger.errors:
         raise LayoutError(root, f"no {fmt} samples found under this root")
-    df = manifest.frame(ledger.rows)
-    if len(df):
-        df = apply_split(df, split or SplitOptions())
-    digest = manifest.write(df, out, fmt, root)
     errors = ledger.error_frame()
     tmp = errors_path(out).with_name(f".{errors_path(out).name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     errors.to_parquet(tmp, index=False)
     tmp.replace(errors_path(out))
     counts = ledger.counts()
     assert counts["found"] == counts["ingested"] + counts["failed"]
+    if not ledger.rows:
+        reason, n = Counter(errors.reason).most_common(1)[0]
+        raise LayoutError(
+            root,
+            f"all {counts['failed']} samples failed; most common reason {reason} ({n}); "
+            f"see {errors_path(out)}",
+        )
+    df = apply_split(manifest.frame(ledger.rows), split)
+    digest = manifest.write(df, out, fmt, root)
     return {**counts, "hash": digest}
 
 
 def default_manifest_path(data: dict[str, Any]) -> Path:
     """Where a sweep keeps the manifest of ``data.root`` when ``data.manifest`` is unset:
-    ``<data.cache_dir or $RAYSUITE_CACHE>/manifests/<format>-<hash of the root path>.parquet``."""
+    ``<data.cache_dir or $RAYSUITE_CACHE>/manifests/<format>-<key>.parquet``, the key a
+    hash of the resolved root, the format and the split (ratios, seed, folds), so changing
+    ``data.split`` ingests a new manifest instead of reusing the old split."""
     from raysuite.data.cache import default_cache_dir
 
-    key = hashlib.sha1(str(Path(data["root"]).resolve()).encode()).hexdigest()[:12]
+    identity = {
+        "root": str(Path(data["root"]).resolve()),
+        "format": data["format"],
+        "split": asdict(SplitOptions.of(data)),
+    }
+    key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return Path(data.get("cache_dir") or default_cache_dir()) / "manifests" / f"{data['format']}-{key}.parquet"
 
 
@@ -108,17 +161,7 @@ def ensure_manifest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]
         with open(path.with_name(path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not path.exists():
-                split = data.get("split") or {}
-                run_ingest(
-                    data["format"],
-                    data["root"],
-                    path,
-                    split=SplitOptions(
-                        ratios=tuple(split.get("ratios", (0.7, 0.1, 0.2))),
-                        seed=split.get("seed", 0),
-                        folds=split.get("folds"),
-                    ),
-                )
+                run_ingest(data["format"], data["root"], path, split=SplitOptions.of(data))
     df, meta = _read_once(path)
     if meta.get("format") != data["format"]:
         raise LayoutError(path, f"manifest holds format {meta.get('format')!r}, the spec says {data['format']!r}")

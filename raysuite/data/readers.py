@@ -2,20 +2,26 @@
 
 ``meta`` carries geometry, modality and encoding only, never a patient-identifying field:
 a DICOM's patient and study identifiers leave the reader as salted keys
-(:mod:`raysuite.data.privacy`). Every failure is a :class:`ReadError` whose ``code`` names
-the reason class used by ingest error tables (``truncated``, ``no_pixel_data``...).
+(:mod:`raysuite.data.privacy`), and the header strings it copies (modality, photometric
+interpretation, transfer syntax) are kept only when they are DICOM defined terms
+(:mod:`raysuite.data.dicom_codes`). Every failure is a :class:`ReadError` whose ``code``
+names the reason class used by ingest error tables (``truncated``, ``no_pixel_data``,
+``bad_header``, ``outside_root``...) and whose ``reason`` is a fixed sentence written here:
+it quotes no exception text and no header value, which could carry a name or a path.
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from raysuite.data import privacy
+from raysuite.data import dicom_codes, privacy
 
 
 class ReadError(ValueError):
@@ -83,6 +89,21 @@ def _exists(path: str | Path) -> None:
         raise ReadError(path, "file not found", "missing_file")
 
 
+def is_inside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies in the folder ``root`` (resolved)."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def confined(root: str | Path, rel: str | Path) -> Path:
+    """``root / rel`` after checking that it resolves inside ``root``; ReadError
+    ``outside_root`` (naming ``rel``) when a symbolic link or ``..`` leads out."""
+    path = Path(root) / rel
+    if not is_inside(root, path):
+        raise ReadError(rel, "resolves outside the dataset root (a symbolic link or ..)", "outside_root")
+    return path
+
+
 # ----------------------------------------------------------------------------- DICOM
 
 
@@ -92,45 +113,58 @@ def read_dicom(path: str | Path, voi: bool = True, frame: int | None = None) -> 
     Applies the Modality LUT (rescale slope/intercept or LUT), then, when ``voi``, the VOI
     LUT or window; MONOCHROME1 is inverted so that higher is brighter. Compressed transfer
     syntaxes decode through pydicom's pylibjpeg/pyjpegls plugins. Multi-frame images need
-    ``frame``. Messages are scrubbed of the file's identifying values.
+    ``frame``. A header value that is not what its element holds (text in PixelSpacing,
+    a bad RescaleSlope) fails ``bad_header``.
     """
     import pydicom
     from pydicom.config import IGNORE, settings
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     _exists(path)
     settings.reading_validation_mode = IGNORE  # validation warnings would echo element values
     try:
         ds = pydicom.dcmread(str(path))
-    except InvalidDicomError as err:
-        raise ReadError(path, f"not a DICOM file ({err})", "not_dicom") from None
+    except InvalidDicomError:
+        raise ReadError(path, "not a DICOM file (no DICM preamble)", "not_dicom") from None
     except (EOFError, OSError) as err:
         raise ReadError(path, f"truncated or unreadable header ({type(err).__name__})", "truncated") from None
     except Exception as err:  # pydicom raises many types for scrambled headers
         raise ReadError(path, f"unreadable header ({type(err).__name__})", "not_dicom") from None
-    secrets_ = privacy.identifying_values(ds)
     if "PixelData" not in ds:
         # pydicom drops encapsulated pixel data that the end of the file cuts off
         if b"\xe0\x7f\x10\x00" in Path(path).read_bytes():  # the (7FE0,0010) tag, little endian
             raise ReadError(path, "file ends inside the pixel data", "truncated")
         raise ReadError(path, "no pixel data", "no_pixel_data")
+    try:
+        return _dicom_image(ds, path, voi, frame)
+    except ReadError:
+        raise
+    except Exception as err:  # a header value of the wrong kind (text in PixelSpacing...)
+        raise ReadError(path, f"unreadable header value ({type(err).__name__})", "bad_header") from None
+
+
+def _dicom_image(ds: Any, path: str | Path, voi: bool, frame: int | None) -> tuple[np.ndarray, ImageMeta]:
+    """The image and meta of a read dataset; any exception other than ReadError is a
+    header value of the wrong kind (the caller's ``bad_header``)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    ts_name = getattr(ts, "name", str(ts or "implicit"))
+    ts_name = dicom_codes.transfer_syntax_name(ts) if ts else "implicit VR little endian"
     if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise ReadError(path, f"{ds.SamplesPerPixel} samples per pixel; grayscale expected", "unsupported_image")
+        raise ReadError(path, f"{int(ds.SamplesPerPixel)} samples per pixel; grayscale expected", "unsupported_image")
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError, ImportError) as err:
-        msg = privacy.scrub(str(err).splitlines()[0][:200], secrets_)
-        raise ReadError(path, f"cannot decode transfer syntax {ts_name} ({msg})", "undecodable_transfer_syntax") from None
+        syntax = ts_name or "an unnamed transfer syntax"
+        raise ReadError(path, f"cannot decode {syntax} ({type(err).__name__})", "undecodable_transfer_syntax") from None
     except Exception as err:
-        msg = privacy.scrub(str(err).splitlines()[0][:200], secrets_)
-        raise ReadError(path, f"pixel data truncated or corrupt ({type(err).__name__}: {msg})", "truncated") from None
+        raise ReadError(path, f"pixel data truncated or corrupt ({type(err).__name__})", "truncated") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         if frame is None:
             raise ReadError(path, f"{frames} frames: pass a frame index", "unsupported_image")
+        if not 0 <= frame < len(pixels):
+            raise ReadError(path, f"frame {frame} outside 0..{len(pixels) - 1}", "slice_out_of_range")
         pixels = pixels[frame]
     if pixels.ndim != 2:
         raise ReadError(path, f"pixel array of shape {pixels.shape}; 2-D expected", "unsupported_image")
@@ -138,7 +172,7 @@ def read_dicom(path: str | Path, voi: bool = True, frame: int | None = None) -> 
     if voi:
         arr = apply_voi_lut(arr, ds)
     arr = np.asarray(arr, np.float32)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = dicom_codes.code_string(ds.get("PhotometricInterpretation", "MONOCHROME2"), dicom_codes.PHOTOMETRIC)
     if photometric == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
@@ -146,7 +180,7 @@ def read_dicom(path: str | Path, voi: bool = True, frame: int | None = None) -> 
     study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     meta = ImageMeta(
         spacing=tuple(float(s) for s in spacing),
-        modality=str(ds.get("Modality", "")),
+        modality=dicom_codes.modality(ds.get("Modality", "")),
         photometric=photometric,
         transfer_syntax=ts_name,
         bits=int(ds.get("BitsStored", 0) or 0),
@@ -177,7 +211,7 @@ def read_png(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     except UnidentifiedImageError:
         raise ReadError(path, "not a PNG/JPEG image", "unreadable") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ReadError(path, f"truncated or corrupt image ({err})", "truncated") from None
+        raise ReadError(path, f"truncated or corrupt image ({type(err).__name__})", "truncated") from None
     if arr.ndim != 2:
         raise ReadError(path, f"image of shape {arr.shape}; grayscale expected", "unsupported_image")
     bits = 16 if arr.dtype.itemsize >= 2 or mode.startswith("I") else 8
@@ -201,50 +235,66 @@ def read_mhd_header(path: str | Path) -> dict[str, str]:
                 key, value = line.split("=", 1)
                 header[key.strip()] = value.strip()
     except (UnicodeDecodeError, OSError) as err:
-        raise ReadError(path, f"unreadable MetaImage header ({err})", "unreadable") from None
+        raise ReadError(path, f"unreadable MetaImage header ({type(err).__name__})", "unreadable") from None
     for key in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
         if key not in header:
             raise ReadError(path, f"MetaImage header lacks {key}", "unreadable")
     return header
 
 
-def read_mhd(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+def read_mhd(path: str | Path, root: str | Path | None = None) -> tuple[np.ndarray, ImageMeta]:
     """Read a MetaImage ``.mhd`` (+ ``.raw`` or ``.zraw``) as float32 ``(Z, Y, X)``.
 
     ``meta`` gives origin, spacing (x, y, z) and the 3x3 direction (``TransformMatrix``,
-    row-major) so :meth:`ImageMeta.world_to_voxel` maps LUNA16 world coordinates.
+    row-major) so :meth:`ImageMeta.world_to_voxel` maps LUNA16 world coordinates. The
+    ``ElementDataFile`` must resolve inside ``root`` (default: the header's own folder),
+    else ReadError ``outside_root``: a header is a file anyone can write.
     """
     header = read_mhd_header(path)
-    dims = [int(v) for v in header["DimSize"].split()]
-    ndim = int(header["NDims"])
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        ndim = int(header["NDims"])
+    except ValueError:
+        raise ReadError(path, "DimSize or NDims is not a list of integers", "bad_header") from None
     dtype = _MET_TYPES.get(header["ElementType"])
     if dtype is None or len(dims) != ndim:
-        raise ReadError(path, f"unsupported ElementType {header['ElementType']} or DimSize {dims}", "unsupported_image")
+        raise ReadError(path, "unsupported ElementType, or DimSize does not have NDims sizes", "unsupported_image")
     msb = header.get("ElementByteOrderMSB", header.get("BinaryDataByteOrderMSB", "False")).lower() == "true"
     dt = np.dtype(dtype).newbyteorder(">" if msb else "<")
     data_file = header["ElementDataFile"]
     if data_file == "LOCAL":
         raise ReadError(path, "inline (LOCAL) MetaImage data is not supported", "unsupported_image")
     raw_path = Path(path).parent / data_file
+    if not is_inside(Path(path).parent if root is None else root, raw_path):
+        raise ReadError(path, "ElementDataFile resolves outside the dataset root", "outside_root")
     _exists(raw_path)
     blob = raw_path.read_bytes()
     if header.get("CompressedData", "False").lower() == "true":
         try:
             blob = zlib.decompress(blob)
-        except zlib.error as err:
-            raise ReadError(raw_path, f"corrupt compressed data ({err})", "truncated") from None
+        except zlib.error:
+            raise ReadError(raw_path, "corrupt compressed data (zlib)", "truncated") from None
     expected = int(np.prod(dims)) * dt.itemsize
     if len(blob) != expected:
         raise ReadError(raw_path, f"{len(blob)} bytes of voxel data, header needs {expected}", "truncated")
     arr = np.frombuffer(blob, dt).reshape(dims[::-1]).astype(np.float32)
     if not np.isfinite(arr).all():
         raise ReadError(path, "contains NaN or Inf voxels", "nan_volume")
-    spacing = tuple(float(v) for v in header.get("ElementSpacing", " ".join(["1"] * ndim)).split())
-    origin = tuple(float(v) for v in header.get("Offset", header.get("Origin", " ".join(["0"] * ndim))).split())
-    direction = tuple(float(v) for v in header.get("TransformMatrix", " ".join(str(float(v)) for v in np.eye(ndim).ravel())).split())
-    return arr, ImageMeta(
-        spacing=spacing, origin=origin, direction=direction, modality=header.get("Modality", "CT").replace("MET_MOD_", "")
-    )
+    try:
+        spacing = tuple(float(v) for v in header.get("ElementSpacing", " ".join(["1"] * ndim)).split())
+        origin = tuple(float(v) for v in header.get("Offset", header.get("Origin", " ".join(["0"] * ndim))).split())
+        direction = tuple(float(v) for v in header.get("TransformMatrix", " ".join(str(float(v)) for v in np.eye(ndim).ravel())).split())
+    except ValueError:
+        raise ReadError(path, "ElementSpacing, Offset or TransformMatrix is not numeric", "bad_header") from None
+    return arr, ImageMeta(spacing=spacing, origin=origin, direction=direction, modality=mhd_modality(header, "CT"))
+
+
+def mhd_modality(header: dict[str, str], default: str = "") -> str:
+    """The header's ``Modality`` (``MET_MOD_CT`` -> ``CT``) when it is a DICOM modality
+    code, ``default`` when the header has none, else ``""``."""
+    if "Modality" not in header:
+        return default
+    return dicom_codes.modality(header["Modality"].removeprefix("MET_MOD_"))
 
 
 # ------------------------------------------------------------------------------ NIfTI
@@ -262,7 +312,7 @@ def read_nifti(path: str | Path, volume: int | None = None, dtype: type = np.flo
         img = nib.load(str(path))
         img = nib.as_closest_canonical(img)
     except Exception as err:  # nibabel raises many types for broken files
-        raise ReadError(path, f"not a readable NIfTI file ({err})", "unreadable") from None
+        raise ReadError(path, f"not a readable NIfTI file ({type(err).__name__})", "unreadable") from None
     shape = img.shape
     if len(shape) == 4:
         if volume is None:
@@ -275,7 +325,7 @@ def read_nifti(path: str | Path, volume: int | None = None, dtype: type = np.flo
     try:
         data = np.asarray(img.dataobj, dtype=dtype)
     except Exception as err:
-        raise ReadError(path, f"cannot decode voxel data ({err})", "truncated") from None
+        raise ReadError(path, f"cannot decode voxel data ({type(err).__name__})", "truncated") from None
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise ReadError(path, "contains NaN or Inf voxels", "nan_volume")
     zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])

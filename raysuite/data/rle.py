@@ -65,10 +65,10 @@ def runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     for i, token in enumerate(tokens):
         if not _DIGITS.fullmatch(token):
             kind = "negative" if token.startswith("-") else "non-integer"
-            raise RLEError(f"{kind} token {token[:20]!r} at position {i}")
+            raise RLEError(f"{kind} token at position {i}")
         value = int(token)
         if value >= _MAX_TOKEN:
-            raise RLEError(f"token {token[:20]}... at position {i} is too large")
+            raise RLEError(f"token at position {i} is too large")
         values.append(value)
     pairs = np.asarray(values, np.int64).reshape(-1, 2)
     relative, lengths = pairs[:, 0], pairs[:, 1]

@@ -50,8 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from raysuite.data import privacy
-from raysuite.data.readers import ImageMeta, ReadError, read_dicom, read_mhd, read_nifti, read_png
+from raysuite.data.readers import (
+    ImageMeta,
+    ReadError,
+    confined,
+    read_dicom,
+    read_mhd,
+    read_nifti,
+    read_png,
+)
 
 
 def file_kind(path: str | Path) -> str:
@@ -66,15 +73,16 @@ def file_kind(path: str | Path) -> str:
     return "dicom"
 
 
-def read_volume(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
+def read_volume(path: str | Path, root: str | Path | None = None) -> tuple[np.ndarray, ImageMeta]:
     """The file as a float32 ``(D, H, W)`` stack of axial slices (see the module docstring)
     and its reader's meta (a NIfTI stack is a strided view of the reader's array). ReadError
-    (with the readers' reason codes) when unreadable."""
+    (with the readers' reason codes) when unreadable; a MetaImage's data file must lie
+    inside ``root`` (default: the header's folder), else ``outside_root``."""
     kind = file_kind(path)
     if kind == "nifti":
         return _nifti(path)
     if kind == "mhd":
-        return _mhd(path)
+        return _mhd(path, root)
     if kind == "png":
         image, meta = read_png(path)
         return image[None], meta
@@ -85,11 +93,12 @@ def read_slice(root: Path, row: Mapping[str, Any], index: int) -> np.ndarray:
     """Slice ``index`` of the file ``root / row["path"]``: float32 ``(H, W)``.
 
     Decodes the whole file each call; use a :class:`SliceReader` to read several slices.
-    ReadError naming the file when ``index`` is outside ``0..depth-1`` or the file's shape
-    differs from the row's ``depth``/``height``/``width``.
+    ReadError naming the file when ``index`` is outside ``0..depth-1``, the file's shape
+    differs from the row's ``depth``/``height``/``width``, or the file (or a MetaImage's
+    data file) resolves outside ``root`` (``outside_root``).
     """
-    path = _path(root, row)
-    return _take(read_volume(path)[0], path, row, index)
+    path = confined(root, str(row["path"]))
+    return _take(read_volume(path, root)[0], path, row, index)
 
 
 class SliceReader:
@@ -107,11 +116,11 @@ class SliceReader:
         self._stack: np.ndarray | None = None
 
     def __call__(self, root: Path, row: Mapping[str, Any], index: int) -> np.ndarray:
-        path = _path(root, row)
+        path = confined(root, str(row["path"]))
         key = str(path.absolute())
         if key != self._key or self._stack is None:
             self.clear()  # free the previous volume before decoding the next
-            self._stack = read_volume(path)[0]
+            self._stack = read_volume(path, root)[0]
             self._key = key
         return _take(self._stack, path, row, index)
 
@@ -127,10 +136,6 @@ class SliceReader:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _path(root: Path, row: Mapping[str, Any]) -> Path:
-    return Path(root) / str(row["path"])
 
 
 def _expected_shape(row: Mapping[str, Any]) -> tuple[int, int, int] | None:
@@ -176,8 +181,8 @@ def _single_volume(path: str | Path) -> int | None:
     return 0 if len(shape) == 4 and shape[3] == 1 else None
 
 
-def _mhd(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
-    vol, meta = read_mhd(path)
+def _mhd(path: str | Path, root: str | Path | None) -> tuple[np.ndarray, ImageMeta]:
+    vol, meta = read_mhd(path, root)
     if vol.ndim == 2:
         return vol[None], meta
     if vol.ndim != 3:
@@ -186,7 +191,7 @@ def _mhd(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
 
 
 def _dicom(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
-    # read_dicom first, for its checks, reason codes and scrubbed messages; a multi-frame
+    # read_dicom first, for its checks, reason codes and fixed messages; a multi-frame
     # file is then decoded a second time for all its frames (read_dicom returns one)
     first, meta = read_dicom(path, voi=False, frame=0)
     frames = dicom_frames(path)
@@ -216,12 +221,7 @@ def _dicom_frames(path: str | Path, frames: int) -> np.ndarray:
     try:
         stack = np.asarray(apply_modality_lut(ds.pixel_array, ds), np.float32)
     except Exception as err:
-        msg = privacy.scrub(
-            str(err).splitlines()[0][:200] if str(err) else "", privacy.identifying_values(ds)
-        )
-        raise ReadError(
-            path, f"cannot decode the frames ({type(err).__name__}: {msg})", "truncated"
-        ) from None
+        raise ReadError(path, f"cannot decode the frames ({type(err).__name__})", "truncated") from None
     if stack.shape[0] != frames or stack.ndim != 3:
         raise ReadError(
             path, f"pixel array of shape {stack.shape} for {frames} frames", "unsupported_image"

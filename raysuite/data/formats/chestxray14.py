@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysuite.data import intensity, privacy
+from raysuite.data import dicom_codes, intensity, privacy
 from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
-from raysuite.data.readers import read_png
+from raysuite.data.readers import confined, read_png
 
 NAME = "chestxray14"
 
@@ -165,16 +165,13 @@ def _parse_entry(rec: Mapping[str, Any], columns: Sequence[str]) -> dict[str, An
     name = _text(rec["Image Index"])
     match = _NAME_RE.match(name)
     if not match:
-        raise ValueError(f"Image Index {name!r} is not of the form 00000001_000.png")
+        raise ValueError("Image Index is not of the form 00000001_000.png")
     findings = [f.strip() for f in _text(rec["Finding Labels"]).split("|")]
     if findings == [NO_FINDING]:
         labels: list[str] = []
     else:
-        unknown = [f for f in findings if f not in CLASSES]
-        if unknown:
-            raise ValueError(
-                f"unknown finding(s) {unknown} (expected {NO_FINDING!r} or ChestX-ray14 classes)"
-            )
+        if any(f not in CLASSES for f in findings):
+            raise ValueError(f"Finding Labels names a finding that is neither {NO_FINDING!r} nor a ChestX-ray14 class")
         labels = sorted(set(findings), key=CLASSES.index)
     patient = _text(rec["Patient ID"])
     if not patient.isdigit() or int(patient) != int(match.group(1)):
@@ -182,7 +179,7 @@ def _parse_entry(rec: Mapping[str, Any], columns: Sequence[str]) -> dict[str, An
     follow = _number(rec.get("Follow-up #"))
     extra: dict[str, Any] = {
         "follow_up": int(follow) if follow is not None else int(match.group(2)),
-        "view_position": _text(rec.get("View Position")),
+        "view_position": dicom_codes.code_string(_text(rec.get("View Position")), dicom_codes.VIEW_POSITIONS),
     }
     size_cols = _column_after(columns, "OriginalImage[")
     spacing_cols = _column_after(columns, "OriginalImagePixelSpacing[")
@@ -208,10 +205,10 @@ def _parse_entry(rec: Mapping[str, Any], columns: Sequence[str]) -> dict[str, An
 def _parse_box(rec: Sequence[Any]) -> tuple[str, float, float, float, float]:
     label = BOX_LABEL_ALIASES.get(_text(rec[1]), _text(rec[1]))
     if label not in CLASSES:
-        raise ValueError(f"unknown box label {_text(rec[1])!r}")
+        raise ValueError("Finding Label is not a ChestX-ray14 box class")
     xywh = [_number(v) for v in rec[2:6]]
     if len(xywh) < 4 or any(v is None for v in xywh):
-        raise ValueError(f"box {[_text(v) for v in rec[2:6]]} is not four numbers")
+        raise ValueError("the box is not four numbers")
     x, y, w, h = (float(v) for v in xywh)
     if w <= 0 or h <= 0:
         raise ValueError(f"box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] has no area")
@@ -225,7 +222,8 @@ def _sample_id(name: str) -> str:
 def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     """Add every image named by ``Data_Entry_2017.csv``, ``BBox_List_2017.csv`` or found in
     the image folders to ``ledger``: one row each, or one error row (``bad_csv_row``,
-    ``missing_file``, ``no_annotation``, ``box_outside_image`` or the reader's code).
+    ``missing_file``, ``no_annotation``, ``box_outside_image``, ``duplicate_image`` for a
+    second file of one name in another image folder, or the reader's code).
 
     Raises :class:`LayoutError` when ``root`` lacks ``Data_Entry_2017.csv`` or an image
     folder, or a CSV lacks a required column.
@@ -335,7 +333,10 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
             items.append((sid, item))
     for rel in duplicates:
         ledger.fail(
-            rel, rel, "no_annotation", f"second copy of {Path(rel).name} (the first is ingested)"
+            _sample_id(Path(rel).name),
+            rel,
+            "duplicate_image",
+            "a second image of this name in another image folder (the first is ingested)",
         )
     ledger.run(_read_sample, items, workers)
 
@@ -343,7 +344,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
 def _read_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Decode one image and place its boxes in stored pixels (runs in a worker process)."""
     rel = item["rel"]
-    image, _ = read_png(Path(item["root"]) / rel)
+    image, _ = read_png(confined(item["root"], rel))
     height, width = image.shape
     sx, sy = width / BOX_SPACE, height / BOX_SPACE
     boxes = []

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from raysuite.data import privacy
 from raysuite.data.ingest import LayoutError, Ledger, SampleError
-from raysuite.data.readers import ReadError, read_nifti
+from raysuite.data.readers import ReadError, confined, read_nifti
 
 ORGANS = (
     "liver", "right_kidney", "spleen", "pancreas", "aorta", "inferior_vena_cava",
@@ -67,19 +67,17 @@ def _label_of(image: Path) -> Path | None:
 def _ingest_case(item: tuple[str, str, str | None]) -> dict[str, Any]:
     """Decode one case (image and, when present, label) and return its manifest row."""
     root, rel_image, rel_label = item
-    image, meta = read_nifti(Path(root) / rel_image)
+    image, meta = read_nifti(confined(root, rel_image))
     if image.ndim != 3:
-        raise ReadError(Path(root) / rel_image, f"expected a 3-D CT volume, got shape {image.shape}", "unsupported_image")
+        raise ReadError(rel_image, f"expected a 3-D CT volume, got shape {image.shape}", "unsupported_image")
     organs: list[str] = []
     if rel_label is not None:
-        label, _ = read_nifti(Path(root) / rel_label, dtype=np.float32)
+        label, _ = read_nifti(confined(root, rel_label), dtype=np.float32)
         if label.shape != image.shape:
-            raise SampleError(
-                Path(root) / rel_label, "shape_mismatch", f"label shape {label.shape} differs from image {image.shape}"
-            )
+            raise SampleError(rel_label, "shape_mismatch", f"label shape {label.shape} differs from image {image.shape}")
         present = np.unique(label.astype(np.int64))
         if present.min() < 0 or present.max() > len(ORGANS):
-            raise SampleError(Path(root) / rel_label, "bad_label", f"label values {present.tolist()} outside 0..{len(ORGANS)}")
+            raise SampleError(rel_label, "bad_label", f"label values {int(present.min())}..{int(present.max())} outside 0..{len(ORGANS)}")
         organs = [ORGANS[i - 1] for i in present if i > 0]
     case_id = Path(rel_image).name[: -len("_0000.nii.gz")]
     return {
@@ -101,15 +99,23 @@ def _ingest_case(item: tuple[str, str, str | None]) -> dict[str, Any]:
 def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     """Decode every ``*_0000.nii.gz`` under ``root`` (and its label when one exists) into
     one manifest row per case: ``mask`` is the label path, ``labels`` the organs present.
-    Arrays are (X, Y, Z) in RAS, so ``width`` = X, ``height`` = Y, ``depth`` = Z."""
+    Arrays are (X, Y, Z) in RAS, so ``width`` = X, ``height`` = Y, ``depth`` = Z. A second
+    image of one case name (in another folder) fails ``duplicate_image``; the first in path
+    order is ingested."""
     images = _image_files(root)
     if not images:
         raise LayoutError(root, "not a FLARE22 layout: no *_0000.nii.gz images (e.g. FLARE22_LabeledCase50/images/)")
     items = []
+    cases: set[str] = set()
     for image in images:
         label = _label_of(image)
         rel = image.relative_to(root).as_posix()
-        items.append((image.name[: -len("_0000.nii.gz")], (str(root), rel, label.relative_to(root).as_posix() if label else None)))
+        case_id = image.name[: -len("_0000.nii.gz")]
+        if case_id in cases:
+            ledger.fail(case_id, rel, "duplicate_image", "a second image of this case (the first is ingested)")
+            continue
+        cases.add(case_id)
+        items.append((case_id, (str(root), rel, label.relative_to(root).as_posix() if label else None)))
     ledger.run(_ingest_case, items, workers)
 
 

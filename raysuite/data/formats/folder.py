@@ -18,8 +18,13 @@ supported file directly under ROOT has no patient and becomes an error row
 ``.raysuite-complete`` marker), ``DICOMDIR`` index files and any other file (``.raw``,
 ``.json`` sidecars, text) are skipped: they are not samples and are not counted.
 
-Rows: ``sample_id`` is ``f`` + 12 hex of the SHA-1 of ``path`` (stable, without the folder
-name); ``patient_key`` the salted patient folder name; ``study`` the salted DICOM
+Nothing outside ROOT is read (:mod:`raysuite.data.walk`): a symbolic link to a file or
+folder outside ROOT fails ``outside_root`` unopened (one inside is followed), as does a
+MetaImage whose ``ElementDataFile`` leads out; a second path to a file already found
+fails ``duplicate_image``, a path that is not UTF-8 ``bad_filename``.
+
+Rows: ``sample_id`` is :func:`sample_id` (a salted hash of ``path``, ``f_<16 hex>``);
+``patient_key`` the salted patient folder name; ``study`` the salted DICOM
 StudyInstanceUID, else the salted parent folder path; ``modality`` the DICOM Modality tag,
 else ``""`` (declare a NIfTI/PNG/MHD folder's modality in the pool source; the NIfTI
 reader's "CT" is a default, not a fact); ``depth, height, width`` the axial slice stack of
@@ -28,7 +33,7 @@ reader's "CT" is a default, not a fact); ``depth, height, width`` the axial slic
 MetaImage x, y, z; DICOM row, column; PNG none); ``labels`` ``[]``; ``extra``
 ``{"kind": "dicom" | "nifti" | "png" | "mhd", ...}`` (DICOM: salted ``series`` key,
 ``instance`` number, ``photometric``; PNG: ``bits``; MetaImage: ``header_modality`` when
-its header names one).
+its header names a DICOM modality code).
 
 Every file is decoded once at ingest, by the code :func:`raysuite.data.slices.read_slice`
 uses later: a header read would miss truncated voxel data and NaN volumes, which would
@@ -36,29 +41,31 @@ then fail a pretraining run instead of landing in the error table with the reade
 reason codes (``truncated``, ``nan_volume``, ``not_dicom``...).
 
 Privacy: DICOM identity (names, IDs, birth dates, accession numbers, institutions) is
-dropped by the readers and never reaches a column. Folder and file names do reach ``path``:
-a DICOM file whose path spells its own patient's name, ID, birth date, accession number or
-institution (as many PACS exports do) is refused as ``path_names_patient``, its error row
-showing the path with those values redacted. NIfTI, PNG and MHD files carry no identity to
-check against: pseudonymise their patient folders before ingest.
+dropped by the readers and never reaches a column. Folder and file names do reach ``path``,
+so each path is checked before its file is decoded (:mod:`raysuite.data.phi`): a file whose
+path spells its own patient's identity (read from the DICOM header, as many PACS exports
+name folders ``DOE^JOHN``, ``Doe, John (1970-01-01)`` or by MRN), or has a component that
+looks like a name or a date whatever the file, is refused as ``path_names_patient``, its
+error row showing those components as ``<redacted>``. When a DICOM's identity cannot be
+read (a header cut short), its error row hides the patient folder too. NIfTI, PNG and MHD
+files carry no identity to compare with: pseudonymise their patient folders before ingest.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raysuite.data import privacy
+from raysuite.data import phi, privacy
 from raysuite.data.ingest import LayoutError, Ledger, SampleError
-from raysuite.data.readers import read_mhd_header
+from raysuite.data.readers import ReadError, mhd_modality, read_mhd_header
 from raysuite.data.slices import file_kind, read_volume
+from raysuite.data.walk import Entry, walk
 
 NAME = "folder"
 
@@ -72,14 +79,20 @@ _SUFFIXES = {
 }
 _NOT_SAMPLES = (".raw", ".zraw")
 _SKIPPED_NAMES = ("DICOMDIR",)
+REFUSED = (
+    "a folder or file name spells a patient's name, ID, birth date, accession number or "
+    "institution, or looks like a name or a date; rename it to a pseudonym (e.g. sub-001) "
+    "and ingest again"
+)
 
 
 # --------------------------------------------------------------------------- layout
 
 
 def sample_id(rel: str) -> str:
-    """``f<12 hex>``: the SHA-1 of the ROOT-relative path (stable, names no folder)."""
-    return "f" + hashlib.sha1(rel.encode()).hexdigest()[:12]
+    """``f_<16 hex>``: a salted hash of the ROOT-relative path (stable for one salt, names
+    no folder, and cannot be matched against candidate names without the salt)."""
+    return privacy.salted_key(os.fsencode(rel).hex(), "f")
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -91,31 +104,25 @@ def _has_dicom_preamble(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def _skipped(name: str) -> bool:
+    """Names that are never samples, so never read: ``DICOMDIR`` and MetaImage data."""
+    return name in _SKIPPED_NAMES or name.lower().endswith(_NOT_SAMPLES)
+
+
 def _kind(path: Path) -> str | None:
     """The sample kind of a file, or None when it is not a sample."""
     name = path.name.lower()
-    if name.startswith(".") or path.name in _SKIPPED_NAMES:
-        return None
     for suffix, kind in _SUFFIXES.items():
         if name.endswith(suffix):
             return kind
-    if name.endswith(_NOT_SAMPLES):
-        return None
     return "dicom" if _has_dicom_preamble(path) else None
 
 
-def find_files(root: Path) -> list[tuple[str, str]]:
-    """``(ROOT-relative path, kind)`` of every sample file under ``root``, sorted by path;
-    hidden folders are not entered."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            path = Path(folder) / name
-            kind = _kind(path)
-            if kind is not None:
-                found.append((path.relative_to(root).as_posix(), kind))
-    return sorted(found)
+def find_files(root: Path) -> list[Entry]:
+    """Every sample file under ``root`` and every entry that fails before decoding
+    (:func:`raysuite.data.walk.walk`: links out of the root, duplicates, non-UTF-8 names),
+    sorted by path; hidden files and folders are not entered."""
+    return walk(root, _kind, _skipped)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -123,53 +130,106 @@ def find_files(root: Path) -> list[tuple[str, str]]:
 
 def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     """Decode every sample file under ``root`` into one manifest row, or an error row:
-    ``no_patient_folder`` for a file directly under ROOT, else the readers' codes.
+    ``no_patient_folder`` for a file directly under ROOT, ``path_names_patient``, the
+    walker's reasons (``outside_root``, ``duplicate_image``, ``bad_filename``...) or the
+    readers' codes.
 
     Raises :class:`LayoutError` when ``root`` holds no DICOM, NIfTI, PNG or MHD file.
     """
     root = Path(root)
-    files = find_files(root)
-    if not files:
+    entries = find_files(root)
+    if not entries:
         raise LayoutError(
             root, "no DICOM, NIfTI, PNG or MHD files (expected ROOT/<patient folder>/**/<file>)"
         )
     items = []
-    for rel, _ in files:
-        if "/" not in rel:
+    for entry in entries:
+        if entry.problem:
+            unchecked = entry.folder or file_kind(entry.rel) == "dicom"
+            shown = _shown(entry.rel, unchecked and (entry.folder or "/" in entry.rel))
+            ledger.fail(sample_id(entry.rel), shown, entry.problem, entry.detail)
+        elif "/" not in entry.rel:
             ledger.fail(
-                sample_id(rel),
-                rel,
+                sample_id(entry.rel),
+                _shown(entry.rel, False),
                 "no_patient_folder",
                 "file directly under ROOT: put each patient's files in a folder",
             )
         else:
-            items.append((sample_id(rel), str(root / rel)))
+            items.append((sample_id(entry.rel), entry.rel))
     ledger.run(functools.partial(_ingest_file, str(root)), items, workers)
 
 
-def _ingest_file(root: str, file: str) -> dict[str, Any]:
-    """Decode one file and return its manifest row (runs in a worker process)."""
-    path = Path(file)
-    rel = path.relative_to(root).as_posix()
+def _shown(rel: str, patient_folder: bool, terms: phi.IdentityTerms | None = None) -> str:
+    """``rel`` as an error row shows it: components that look like a name or a date, or
+    that spell ``terms``, redacted; the patient folder too when ``patient_folder``."""
+
+    def hidden(part: str) -> bool:
+        return phi.looks_identifying(part) or (terms is not None and phi.names_identity(part, terms))
+
+    return phi.redact(rel, hidden, patient_folder)
+
+
+def _ingest_file(root: str, rel: str) -> dict[str, Any]:
+    """Check one file's path, then decode it and return its manifest row (runs in a worker
+    process). Every failure names the file as :func:`_shown` does."""
+    path = Path(root) / rel
     kind = file_kind(path)
-    stack, meta = read_volume(path)
+    terms = read_identity(path) if kind == "dicom" else None
+    if (redacted := _shown(rel, False, terms)) != rel:
+        raise SampleError(redacted, "path_names_patient", REFUSED)
+    shown = _shown(rel, kind == "dicom" and terms is None)  # rel, or its patient folder hidden
+    try:
+        return _row(Path(root), rel, kind)
+    except ReadError as err:
+        raise ReadError(shown, err.reason, err.code) from None
+    except SampleError as err:
+        raise SampleError(shown, err.reason, err.detail) from None
+    except Exception as err:  # only the class: a message may quote the file
+        raise SampleError(shown, "unreadable", f"unexpected {type(err).__name__}") from None
+
+
+def read_identity(path: Path) -> phi.IdentityTerms | None:
+    """The identifying values of a DICOM's header, read without its pixels and leniently
+    (``force``: a file cut short still gives the elements before the cut); None when the
+    header cannot be read or names no patient (PatientID and PatientName both absent)."""
+    import pydicom
+    from pydicom.config import IGNORE, settings
+
+    settings.reading_validation_mode = IGNORE  # validation warnings would echo element values
+    try:
+        ds = pydicom.dcmread(
+            str(path),
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=list(privacy.IDENTIFYING_KEYWORDS),
+        )
+        named = any(str(ds.get(k) or "").strip() for k in ("PatientID", "PatientName"))
+    except Exception:  # an unreadable header: the caller treats the identity as unknown
+        return None
+    return phi.identity_terms(ds) if named else None
+
+
+def _row(root: Path, rel: str, kind: str) -> dict[str, Any]:
+    """The manifest row of a file whose path passed the checks."""
+    path = root / rel
+    stack, meta = read_volume(path, root)
     depth, height, width = (int(n) for n in stack.shape)
     extra: dict[str, Any] = {"kind": kind}
     study = ""
     if kind == "dicom":
-        _refuse_identifying_path(path, rel)
         extra.update(_dicom_series(path), photometric=meta.photometric)
         study = meta.study_key or ""
     elif kind == "png":
         extra["bits"] = meta.bits
-    elif kind == "mhd" and (declared := read_mhd_header(path).get("Modality")):
-        extra["header_modality"] = declared.removeprefix("MET_MOD_")
+    elif kind == "mhd" and (declared := mhd_modality(read_mhd_header(path))):
+        extra["header_modality"] = declared
     return {
         "sample_id": sample_id(rel),
         "patient_key": privacy.salted_key(rel.split("/", 1)[0]),
         "study": study or privacy.salted_key(rel.rsplit("/", 1)[0], "s"),
         "path": rel,
-        "modality": meta.modality.strip() if kind == "dicom" else "",
+        "modality": meta.modality if kind == "dicom" else "",
         "height": height,
         "width": width,
         "depth": depth,
@@ -178,51 +238,6 @@ def _ingest_file(root: str, file: str) -> dict[str, Any]:
         "source_split": "",
         "extra": extra,
     }
-
-
-def _identity_spellings(ds: object) -> set[str]:
-    """Lower-case spellings of a DICOM's whole identifying values as a folder name may carry
-    them: ``DOE^JOHN`` also as ``doe john``, ``doe_john``, ``doejohn``, ``john doe``."""
-    out = set()
-    for keyword in privacy.IDENTIFYING_KEYWORDS:
-        value = getattr(ds, keyword, None)
-        for v in value if isinstance(value, list | tuple) else [value]:
-            text = str(v or "").strip().lower()
-            if len(text) < 3:
-                continue
-            parts = [p for p in text.replace("^", " ").split() if p]
-            out.update({text, " ".join(parts), "_".join(parts), "-".join(parts), "".join(parts)})
-            if len(parts) > 1:
-                out.update({" ".join(parts[1::-1]), "_".join(parts[1::-1]), "".join(parts[1::-1])})
-    return {t for t in out if len(t) >= 3}
-
-
-def _refuse_identifying_path(path: Path, rel: str) -> None:
-    """Raise :class:`SampleError` ``path_names_patient`` when ``rel`` spells the file's own
-    patient name, ID, birth date, accession number or institution (DICOM exports often name
-    folders so). The manifest must store the path to read it, so such a file is refused,
-    and the error row shows the path with those values redacted."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(
-            str(path), stop_before_pixels=True, specific_tags=list(privacy.IDENTIFYING_KEYWORDS)
-        )
-    except Exception:  # the pixels were read: a header without these tags names no one
-        return
-    spellings = _identity_spellings(ds)
-    lowered = rel.lower()
-    found = sorted((t for t in spellings if t in lowered), key=len, reverse=True)
-    if found:
-        redacted = rel
-        for text in found:
-            redacted = re.sub(re.escape(text), "<redacted>", redacted, flags=re.IGNORECASE)
-        raise SampleError(
-            redacted,
-            "path_names_patient",
-            "a folder or file name spells this DICOM's patient identity; rename it to a pseudonym "
-            "(e.g. sub-001) and ingest again",
-        )
 
 
 def _dicom_series(path: Path) -> dict[str, Any]:

@@ -36,7 +36,14 @@ import pandas as pd
 
 from raysuite.data import privacy
 from raysuite.data.ingest import LayoutError, Ledger, map_safe, read_csv
-from raysuite.data.readers import ReadError, read_mhd, read_mhd_header, world_to_voxel
+from raysuite.data.readers import (
+    ReadError,
+    confined,
+    is_inside,
+    read_mhd,
+    read_mhd_header,
+    world_to_voxel,
+)
 
 NAME = "luna16"
 
@@ -80,29 +87,34 @@ def find_candidates_csv(root: Path) -> Path:
     raise LayoutError(root, "no candidates_V2.csv (or candidates.csv): not a LUNA16 root")
 
 
-def find_series(root: Path) -> dict[str, Path]:
-    """``seriesuid -> .mhd`` for every scan under ``subset*/`` (first one wins on duplicates)."""
+def find_series(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """``seriesuid -> .mhd`` for every scan under ``subset*/`` (the first in path order
+    wins), and the later scans of a seriesuid already found."""
     series: dict[str, Path] = {}
+    duplicates: list[Path] = []
     for path in sorted(root.glob("subset*/**/*.mhd")):
-        series.setdefault(path.stem, path)
+        if path.stem in series:
+            duplicates.append(path)
+        else:
+            series[path.stem] = path
     if not series:
         raise LayoutError(root, "no subset*/<seriesuid>.mhd scans: not a LUNA16 root")
-    return series
+    return series, duplicates
 
 
-def _series_geometry(path: str) -> dict[str, Any]:
-    """Decode one scan (so a truncated ``.raw`` or NaN voxels fail here) and return its
-    geometry: shape (X, Y, Z), origin, spacing and transform. Runs in a worker process."""
+def _series_geometry(item: tuple[str, str]) -> dict[str, Any]:
+    """Decode one scan ``(root, rel)`` (so a truncated ``.raw``, NaN voxels or a file
+    leading out of the root fail here) and return its geometry: shape (X, Y, Z), origin,
+    spacing and transform. Runs in a worker process."""
+    root, rel = item
     try:
-        volume, meta = read_mhd(path)
+        volume, meta = read_mhd(confined(root, rel), root)
     except ReadError:
         raise
-    except Exception as err:  # a malformed header number, an unreadable file...
-        raise ReadError(
-            path, f"unreadable MetaImage ({type(err).__name__}: {err})", "unreadable"
-        ) from None
+    except Exception as err:  # an unreadable file...
+        raise ReadError(rel, f"unreadable MetaImage ({type(err).__name__})", "unreadable") from None
     if volume.ndim != 3 or meta.origin is None or len(meta.origin) != 3:
-        raise ReadError(path, f"{volume.ndim}-D image; LUNA16 scans are 3-D", "unsupported_image")
+        raise ReadError(rel, f"{volume.ndim}-D image; LUNA16 scans are 3-D", "unsupported_image")
     z, y, x = volume.shape
     return {
         "shape": (x, y, z),
@@ -129,14 +141,14 @@ def _annotations(root: Path) -> dict[str, np.ndarray]:
     return {uid: np.asarray(rows, float) for uid, rows in out.items()}
 
 
-def _bad_row_detail(uid: str, raw: Mapping[str, str], coords: np.ndarray, cls: float) -> str:
+def _bad_row_detail(uid: str, coords: np.ndarray, cls: float) -> str:
     if not uid:
         return "empty seriesuid"
     for name, value in zip(("coordX", "coordY", "coordZ"), coords, strict=True):
         if not np.isfinite(value):
-            return f"{name} {raw[name]!r} is not a finite number"
+            return f"{name} is not a finite number"
     if cls not in (0.0, 1.0):
-        return f"class {raw['class']!r} is not 0 or 1"
+        return "class is not 0 or 1"
     return "malformed row"
 
 
@@ -144,10 +156,13 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     """Add one manifest row per candidate of ``candidates_V2.csv`` to ``ledger``.
 
     Each scan is decoded once (in ``workers`` processes); a scan that cannot be read fails
-    every candidate on it with the reader's code (``truncated``, ``nan_volume``...). A
-    candidate whose scan is absent fails ``missing_file``; one whose nearest voxel lies
-    outside its scan fails ``box_outside_image``; a row with a non-numeric coordinate, an
-    empty series UID or a class other than 0/1 fails ``bad_csv_row``.
+    every candidate on it with the reader's code (``truncated``, ``nan_volume``,
+    ``outside_root`` for a scan or ``.raw`` leading out of the root...). A candidate whose
+    scan is absent fails ``missing_file``; one whose nearest voxel lies outside its scan
+    fails ``box_outside_image``; a row with a non-numeric coordinate, an empty series UID or
+    a class other than 0/1 fails ``bad_csv_row``. A second ``.mhd`` of one seriesuid (in
+    another subset) adds a ``duplicate_image`` row of its own; the first in path order is
+    used.
 
     Row: ``height, width, depth`` = the scan's Y, X, Z sizes; ``spacing`` (x, y, z) mm;
     ``extra``: ``world`` and ``voxel`` (x, y, z; voxel continuous, see
@@ -156,7 +171,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     """
     root = Path(root)
     csv_path = find_candidates_csv(root)
-    series = find_series(root)
+    series, duplicates = find_series(root)
     frame = read_csv(csv_path, required=CANDIDATE_COLUMNS, dtype=str, keep_default_na=False)
     annotations = _annotations(root)
     csv_rel = str(csv_path.relative_to(root))
@@ -174,7 +189,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
     by_series: dict[str, list[int]] = {}
     for i, uid in enumerate(uids):
         if bad[i]:
-            detail = _bad_row_detail(uid, frame.iloc[i], coords[i], classes[i])
+            detail = _bad_row_detail(uid, coords[i], classes[i])
             ledger.fail(_sample_id(i), csv_rel, "bad_csv_row", f"row {i}: {detail}")
         elif uid not in series:
             ledger.fail(
@@ -183,8 +198,12 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
         else:
             by_series.setdefault(uid, []).append(i)
 
+    for path in duplicates:
+        rel = path.relative_to(root).as_posix()
+        ledger.fail(rel, rel, "duplicate_image", "a second scan of this seriesuid (the first is used)")
     order = sorted(by_series)
-    results = map_safe(_series_geometry, [str(series[uid]) for uid in order], workers)
+    scans = [(str(root), series[uid].relative_to(root).as_posix()) for uid in order]
+    results = map_safe(_series_geometry, scans, workers, ledger.progress)
     for uid, (ok, value) in zip(order, results, strict=True):
         rows = by_series[uid]
         if not ok:
@@ -349,15 +368,17 @@ def extract_patch(
 _VOLUME_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def _volume(path: Path) -> np.ndarray:
-    """The scan at ``path`` as ``(Z, Y, X)`` HU, keeping the last one read (candidates of a
-    scan are usually consecutive); keyed on the size and mtime of the .mhd and .raw."""
+def _volume(root: Path, rel: str) -> np.ndarray:
+    """The scan ``root / rel`` as ``(Z, Y, X)`` HU, keeping the last one read (candidates
+    of a scan are usually consecutive); keyed on the size and mtime of the .mhd and .raw.
+    ReadError ``outside_root`` when either resolves outside ``root``."""
+    path = confined(root, rel)
     raw = path.parent / read_mhd_header(path)["ElementDataFile"]
-    stats = [os.stat(p) for p in (path, raw) if p.exists()]
+    stats = [os.stat(p) for p in (path, raw) if p.exists() and is_inside(root, p)]
     key = (str(path.resolve()), *((s.st_size, s.st_mtime_ns) for s in stats))
     if key not in _VOLUME_CACHE:
         _VOLUME_CACHE.clear()
-        _VOLUME_CACHE[key] = read_mhd(path)[0]
+        _VOLUME_CACHE[key] = read_mhd(path, root)[0]
     return _VOLUME_CACHE[key]
 
 
@@ -366,7 +387,7 @@ def preprocess(root: Path, row: Mapping[str, Any], prep: Preprocessing) -> np.nd
     §4.2.1.4), read from ``root / row["path"]`` at ``row["extra"]["voxel"]``."""
     extra = row["extra"]
     extra = json.loads(extra) if isinstance(extra, str) else extra
-    return extract_patch(_volume(Path(root) / row["path"]), extra["voxel"], prep)
+    return extract_patch(_volume(Path(root), str(row["path"])), extra["voxel"], prep)
 
 
 # ------------------------------------------------------------------------ synthetic

@@ -31,7 +31,7 @@ import numpy as np
 
 from raysuite.data import intensity, privacy
 from raysuite.data.ingest import LayoutError, Ledger
-from raysuite.data.readers import read_png
+from raysuite.data.readers import confined, read_png
 
 NAME = "mura"
 
@@ -144,7 +144,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
             if len(fields) > 2 and any(fields[2:]):
                 value = f"{studies_csv.name} line {line}: {len(fields)} fields, 2 expected"
             elif fields[1] not in ("0", "1"):
-                value = f"{studies_csv.name} line {line}: label {fields[1]!r} is not 0 or 1"
+                value = f"{studies_csv.name} line {line}: the label is not 0 or 1"
             else:
                 value = int(fields[1])
             previous = study_label.get(study)
@@ -229,7 +229,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
 def _read_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Decode one image (runs in a worker process)."""
     row = item["row"]
-    image, _ = read_png(Path(item["root"]) / row["path"])
+    image, _ = read_png(confined(item["root"], row["path"]))
     height, width = image.shape
     return {**row, "height": height, "width": width, "depth": 1, "spacing": []}
 

@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from raysuite.data import intensity, privacy, rle
+from raysuite.data import dicom_codes, intensity, privacy, rle
 from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
-from raysuite.data.readers import ReadError, read_dicom
+from raysuite.data.readers import ReadError, confined, read_dicom
 
 NAME = "siim_acr"
 LABEL = "Pneumothorax"
@@ -147,7 +147,7 @@ def _view_position(path: Path) -> str:
 
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["ViewPosition"])
-        return str(ds.get("ViewPosition", "") or "").strip()
+        return dicom_codes.code_string(ds.get("ViewPosition", ""), dicom_codes.VIEW_POSITIONS)
     except Exception:
         return ""
 
@@ -164,9 +164,9 @@ def _ingest_one(task: _Task) -> dict[str, Any]:
             extents.append(rle.extent(text))
         except rle.RLEError as err:
             raise SampleError(
-                task.csv, "malformed_rle", f"{task.image_id}: {err} (EncodedPixels {text[:40]!r})"
+                task.csv, "malformed_rle", f"{task.image_id}: EncodedPixels {err}"
             ) from None
-    path = Path(task.root) / task.rel
+    path = confined(task.root, task.rel)
     try:
         image, meta = read_dicom(path)
     except ReadError:
@@ -251,7 +251,7 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1) -> None:
         image_id, text = str(image_id).strip(), str(text).strip()
         if not image_id:
             ledger.fail(
-                "", csv_name, "bad_csv_row", f"row without ImageId (EncodedPixels {text[:40]!r})"
+                "", csv_name, "bad_csv_row", "a row without ImageId"
             )
             continue
         annotations.setdefault(image_id, []).append(text)

@@ -16,7 +16,9 @@ Published layouts (``ROOT`` is the folder holding them)::
 ``image_id`` is a 32-hex digest; each training image is read by three radiologists
 (``rad_id`` R1..R17), one CSV row per box, and a radiologist who saw nothing writes one
 "No finding" row (class 14) with empty coordinates. Coordinates are pixels of the stored
-DICOM. ``.dcm`` files are accepted beside ``.dicom`` (a ``.dicom`` wins when both exist).
+DICOM. ``.dcm`` files are accepted beside ``.dicom``; when both exist the ``.dicom`` is
+ingested and the ``.dcm`` fails ``duplicate_image``, as does an image_id found again in a
+later split.
 ``train.csv`` wins when both CSVs exist; ``test/`` is ingested (``source_split`` "test")
 only when ``annotations_test.csv`` sits in ``annotations/`` or in ``ROOT``: the Kaggle test
 images carry no labels and the seed (§2) did not use the test set either.
@@ -43,7 +45,7 @@ import pandas as pd
 
 from raysuite.data import intensity, privacy
 from raysuite.data.ingest import LayoutError, Ledger, SampleError, read_csv
-from raysuite.data.readers import ReadError, read_dicom
+from raysuite.data.readers import ReadError, confined, read_dicom
 
 NAME = "vindr_cxr"
 
@@ -193,13 +195,17 @@ def find_layout(root: Path) -> _Layout:
     return _Layout(layout, train_csv, test_csv)
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
+def _image_files(folder: Path) -> tuple[dict[str, Path], list[Path]]:
+    """image_id -> its file (``.dicom`` preferred), and the ``.dcm`` twins left over."""
     files: dict[str, Path] = {}
-    for ext in reversed(EXTENSIONS):  # .dicom last, so it wins over .dcm
-        for path in folder.glob(f"*{ext}"):
-            if path.is_file():
+    twins: list[Path] = []
+    for ext in EXTENSIONS:  # .dicom first, so it wins over .dcm
+        for path in sorted(folder.glob(f"*{ext}")):
+            if path.stem in files:
+                twins.append(path)
+            elif path.is_file():
                 files[path.stem] = path
-    return files
+    return files, twins
 
 
 def _csv_rows(path: Path, required: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
@@ -237,8 +243,15 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1, *, abnormal_only: bool 
     seen: set[str] = set()
     for split, csv_path, columns in splits:
         annotations = _csv_rows(csv_path, columns)
-        files = _image_files(root / split)
+        files, twins = _image_files(root / split)
         csv_name = csv_path.relative_to(root).as_posix()
+        for twin in twins:
+            ledger.fail(
+                twin.stem,
+                twin.relative_to(root).as_posix(),
+                "duplicate_image",
+                "a .dcm beside the .dicom of the same image_id (the .dicom is ingested)",
+            )
         for image_id in sorted(set(annotations) | set(files)):
             rows = annotations.get(image_id)
             if abnormal_only and rows is not None and not _is_abnormal(rows):
@@ -248,8 +261,8 @@ def ingest(root: Path, ledger: Ledger, workers: int = 1, *, abnormal_only: bool 
                 ledger.fail(
                     image_id,
                     rel,
-                    "bad_csv_row",
-                    f"image_id also in an earlier split; {split} copy skipped",
+                    "duplicate_image",
+                    f"image_id also in an earlier split; the {split} copy is not ingested",
                 )
             elif rows is None:
                 ledger.fail(image_id, rel, "no_annotation", f"{rel} is not named in {csv_name}")
@@ -285,9 +298,7 @@ def _parse(item: Mapping[str, Any]) -> tuple[list[dict], set[str], set[str]]:
             raise SampleError(item["path"], "bad_csv_row", f"{where}: empty class_name")
         if item["layout"] == "kaggle" and item["split"] == "train":
             if name not in CLASS_IDS:
-                raise SampleError(
-                    item["path"], "bad_csv_row", f"{where}: unknown class_name {name!r}"
-                )
+                raise SampleError(item["path"], "bad_csv_row", f"{where}: unknown class_name")
             cid = str(row.get("class_id", "")).strip()
             try:
                 ok = int(float(cid)) == CLASS_IDS[name]
@@ -297,7 +308,7 @@ def _parse(item: Mapping[str, Any]) -> tuple[list[dict], set[str], set[str]]:
                 raise SampleError(
                     item["path"],
                     "bad_csv_row",
-                    f"{where}: class_id {cid!r} is not {CLASS_IDS[name]} ({name})",
+                    f"{where}: class_id is not {CLASS_IDS[name]} ({name})",
                 )
         radiologists.add(rad)
         if name == NO_FINDING:
@@ -311,7 +322,7 @@ def _parse(item: Mapping[str, Any]) -> tuple[list[dict], set[str], set[str]]:
             raise SampleError(
                 item["path"],
                 "bad_csv_row",
-                f"{where}: {name!r} box without four numeric coordinates",
+                f"{where}: a finding without four numeric coordinates",
             )
         raw.append(
             {
@@ -327,7 +338,7 @@ def _parse(item: Mapping[str, Any]) -> tuple[list[dict], set[str], set[str]]:
 def _ingest_one(item: Mapping[str, Any]) -> dict[str, Any]:
     """One image (a ``Ledger.run`` worker): parse its rows, decode it, check and fuse boxes."""
     raw, radiologists, no_finding = _parse(item)
-    path = Path(item["root"]) / item["path"]
+    path = confined(item["root"], item["path"])
     try:
         image, meta = read_dicom(path)
     except ReadError:
@@ -345,7 +356,7 @@ def _ingest_one(item: Mapping[str, Any]) -> dict[str, Any]:
             raise SampleError(
                 item["path"],
                 "box_outside_image",
-                f"{item['csv']} line {box['line']}: {box['label']!r} box ({coords}) not inside the "
+                f"{item['csv']} line {box['line']}: box ({coords}) not inside the "
                 f"{width} x {height} image with x_min < x_max, y_min < y_max",
             )
     fused = fuse_boxes(raw, width, height)
