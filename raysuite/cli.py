@@ -12,12 +12,18 @@ from pathlib import Path
 
 from raysuite.data.ingest import LayoutError
 from raysuite.data.manifest import ManifestError
-from raysuite.spec import SOURCE_FORMATS, SpecError, load_spec, smoke
+from raysuite.data.privacy import SaltError
+from raysuite.spec import SOURCE_FORMATS, Spec, SpecError, load_spec, smoke
+from raysuite.spec_checks import check_data_present
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Spec:
+    """The spec a sweep or train runs (shrunk by ``--smoke``), refused before Ray starts when
+    a data root it cannot synthesise is missing."""
     spec = load_spec(args.spec, args.set)
-    return smoke(spec) if getattr(args, "smoke", False) else spec
+    spec = smoke(spec) if args.smoke else spec
+    check_data_present(spec, args.spec)
+    return spec
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -43,6 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Check each path (default: the shipped sweeps, cluster.yaml and dashboards) as a sweep
+    spec (with the ``--set`` items; with ``--data`` its data roots too), a cluster config or
+    a dashboard; the first problem is a SpecError (exit 2)."""
     paths = args.paths or sorted(glob.glob("sweeps/*.yaml")) + ["cluster.yaml"] + sorted(glob.glob("dashboards/*.json"))
     for path in paths:
         name = Path(path).name
@@ -61,7 +70,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 first, *rest = problems
                 raise SpecError(path, first.key, first.message + "".join(f"\n  {p}" for p in rest))
         else:
-            load_spec(path)
+            spec = load_spec(path, args.set)
+            if args.data:
+                check_data_present(spec, path)
         print(f"ok  {path}")
     return 0
 
@@ -127,20 +138,35 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """``data synth`` writes a synthetic layout, ``data ingest`` a manifest and its error
+    table (progress on stderr), ``data errors`` prints a manifest's error table as CSV."""
     from raysuite.data import formats
     from raysuite.data.datasets import SplitOptions, errors_path, run_ingest
 
     if args.action == "synth":
+        if args.cases < 1:
+            raise SpecError(None, "--cases", f"must be a positive number of cases; got {args.cases}")
         counts = formats.get(args.format).synth(args.out, cases=args.cases, seed=args.seed)
         print(f"wrote {counts} to {args.out}")
         return 0
-    ratios = tuple(float(r) for r in args.split.split(","))
-    if len(ratios) != 3:
-        raise SpecError(None, "--split", f"expected three ratios train,val,test; got {args.split!r}")
-    counts = run_ingest(
-        args.format, args.root, args.out, workers=args.workers,
-        split=SplitOptions(ratios=ratios, seed=args.split_seed, folds=args.folds),
-    )  # fmt: skip
+    if args.action == "errors":
+        import pandas as pd
+
+        table = errors_path(args.manifest)
+        if not table.is_file():
+            raise SpecError(table, "", "no error table (run `raysuite data ingest` to write one)")
+        pd.read_parquet(table).to_csv(sys.stdout, index=False)
+        return 0
+    try:
+        ratios = tuple(float(r) for r in args.split.split(","))
+    except ValueError:
+        raise SpecError(None, "--split", f"expected three numbers train,val,test; got {args.split!r}") from None
+    try:  # checked before any file is decoded
+        split = SplitOptions(ratios=ratios, seed=args.split_seed, folds=args.folds)  # type: ignore[arg-type]
+    except ManifestError as err:
+        key = "--folds" if args.folds is not None and args.folds < 2 else "--split"
+        raise SpecError(None, key, str(err)) from None
+    counts = run_ingest(args.format, args.root, args.out, workers=args.workers, split=split)
     print(f"found {counts['found']}  ingested {counts['ingested']}  failed {counts['failed']}")
     for reason, n in counts["failed_by_reason"].items():
         print(f"  failed {reason}: {n}")
@@ -156,16 +182,19 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="Ray cluster address (default: start or join local Ray)")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sw.add_argument("--smoke", action="store_true", help="shrink the spec to run in minutes on a CPU")
-    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec value, parsed as YAML: <stage>.<field> (short for stages.<stage>.<field>), search.grid.<stage>.<field>=[...], any dotted key")
     sw.set_defaults(func=cmd_sweep)
     tr = sub.add_parser("train", help="one trial of a spec with Ray Train (no Tune)")
     tr.add_argument("spec")
     tr.add_argument("--address", default=None)
     tr.add_argument("--smoke", action="store_true")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
     tr.set_defaults(func=cmd_train)
     va = sub.add_parser("validate", help="check sweeps/*.yaml, cluster.yaml, dashboards/*.json")
     va.add_argument("paths", nargs="*")
+    va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep, on each sweep spec")
+    va.add_argument("--data", action="store_true",
+                    help="also check each data root exists unless the spec synthesises it (sweep and train always do)")
     va.set_defaults(func=cmd_validate)
     rp = sub.add_parser("report", help="summary, paired tests, cost and plots of a sweep, as report.html")
     rp.add_argument("sweep", help="a sweep spec file or an MLflow experiment name")
@@ -196,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
     ing.add_argument("--split", default="0.7,0.1,0.2", help="patient-level train,val,test ratios")
     ing.add_argument("--split-seed", type=int, default=0)
     ing.add_argument("--folds", type=int, default=None, help="also assign K cross-validation folds by patient")
+    er = dsub.add_parser("errors", help="print a manifest's error table as CSV")
+    er.add_argument("manifest", help="the manifest .parquet (its table is <manifest>.errors.parquet)")
     da.set_defaults(func=cmd_data)
     return ap
 
@@ -207,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(err.code or 0)
     try:
         return args.func(args)
-    except (SpecError, LayoutError, ManifestError) as err:
+    except (SpecError, LayoutError, ManifestError, SaltError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

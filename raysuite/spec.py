@@ -1,6 +1,7 @@
-"""Sweep spec: strict pydantic models, YAML loading with ``${VAR:-default}`` expansion,
-dotted-path checks against the method's stage configs, and the list of configurations a
-sweep runs.
+"""Sweep spec: strict pydantic models, YAML loading (:mod:`raysuite.spec_yaml`: duplicate
+keys and alias bombs refused, ``${VAR:-default}`` expanded in values), ``--set`` overrides,
+dotted-path checks against the method's stage configs (and :mod:`raysuite.spec_checks`), and
+the list of configurations a sweep runs.
 
 Every error is a :class:`SpecError` naming the file and the key path, raised before any
 Ray process starts.
@@ -13,27 +14,27 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from raysuite.spec_errors import SpecError, did_you_mean, validation_error
+from raysuite.spec_numbers import bool_for_number, loc_text
+from raysuite.spec_yaml import expand_tree, load_yaml
 
 DATA_FORMATS = ("vindr_cxr", "siim_acr", "chestxray14", "flare22", "luna16", "mura")
 SOURCE_FORMATS = DATA_FORMATS + ("folder",)  # data.sources may also name plain folders of images
 SOURCES = "sources"  # Method.data_format of a method reading data.sources
-
-
-class SpecError(ValueError):
-    """Bad sweep spec: carries the file and the dotted key path at fault."""
-
-    def __init__(self, path: str | os.PathLike | None, key: str, message: str):
-        self.path = str(path) if path is not None else "<spec>"
-        self.key = key
-        self.message = message
-        where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {message}")
 
 
 class Strict(BaseModel):
@@ -104,10 +105,24 @@ class IntRange(Strict):
 
 
 class Choice(Strict):
-    choice: list[Any]
+    choice: list[Any] = Field(min_length=1)
 
 
-Distribution = Uniform | LogUniform | IntRange | Choice
+def _distribution_kind(value: Any) -> str:
+    """The key naming a distribution (``{uniform: [0, 1]}`` -> ``uniform``); "" when a
+    mapping holds no single key."""
+    if isinstance(value, BaseModel):
+        return next(iter(type(value).model_fields))
+    return next(iter(value)) if isinstance(value, dict) and len(value) == 1 else ""
+
+
+Distribution = Annotated[
+    Annotated[Uniform, Tag("uniform")]
+    | Annotated[LogUniform, Tag("loguniform")]
+    | Annotated[IntRange, Tag("randint")]
+    | Annotated[Choice, Tag("choice")],
+    Discriminator(_distribution_kind),
+]
 
 
 class OptunaSpec(Strict):
@@ -154,6 +169,8 @@ class SearchSpec(Strict):
     # what `raysuite report` compares every configuration against: an arm's name, or
     # <stage>.<field> values marking the baseline configuration(s); default: the method's
     baseline: str | dict[str, Any] | None = None
+    # a sweep starting more trials (spec_checks.trial_count) is refused unless this is raised
+    max_trials: int = Field(default=10_000, ge=1)
 
     @field_validator("repeats")
     @classmethod
@@ -210,49 +227,25 @@ class Spec(Strict):
     tiny: bool = False
     faults: Faults | None = None
 
-    @model_validator(mode="after")
-    def _known_method(self) -> Spec:
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
         from raysuite.methods import METHODS
 
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {sorted(METHODS)}")
-        return self
-
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(text: str, env: dict[str, str] | None = None) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` as a POSIX shell would (empty counts as unset)."""
-    env = os.environ if env is None else env
-
-    def sub(match: re.Match[str]) -> str:
-        value = env.get(match.group(1))
-        if value:
-            return value
-        if match.group(2) is not None:
-            return match.group(2)
-        raise KeyError(match.group(1))
-
-    return _VAR.sub(sub, text)
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith(("function-", "tagged-union"))]
-    # pydantic appends the union member's class name for union errors; drop those.
-    parts = [p for p in parts if p not in {"Uniform", "LogUniform", "IntRange", "Choice"}]
-    return ".".join(parts)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}{did_you_mean(method, METHODS)}")
+        return method
 
 
 def parse_spec(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Spec:
     """Validate a parsed YAML mapping into a :class:`Spec`, then check every dotted path."""
     if not isinstance(raw, dict):
         raise SpecError(path, "", "a sweep spec must be a YAML mapping")
+    refuse_bool_numbers(Spec, raw, path)
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise SpecError(path, _loc(first["loc"]), first["msg"]) from None
+        raise validation_error(err, Spec, path) from None
     check_stages(spec, path)
     _absolute_paths(spec)
     return spec
@@ -268,30 +261,70 @@ def _absolute_paths(spec: Spec) -> None:
             setattr(owner, attr, os.path.abspath(os.path.expanduser(value)))
 
 
+def refuse_bool_numbers(model: type[BaseModel], raw: Any, path: Any, prefix: str = "") -> None:
+    """A YAML ``true``/``false`` where ``model`` wants a number is refused (pydantic would
+    take it as 1 or 0)."""
+    loc = bool_for_number(model, raw)
+    if loc is not None:
+        key = ".".join(p for p in (prefix, loc_text(loc)) if p)
+        raise SpecError(path, key, "a boolean (true/false) where a number is expected")
+
+
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Spec:
-    """Read a spec file; ``overrides`` are ``key=value`` strings (value parsed as YAML)."""
+    """Read a spec file; ``overrides`` are ``--set`` items (:func:`apply_override`). The
+    ``${VAR}`` in its string values (``--set`` ones included) are expanded after parsing."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise SpecError(path, "", f"cannot read: {err.strerror}") from None
-    try:
-        text = expand_env(text)
-    except KeyError as err:
-        raise SpecError(path, "", f"environment variable ${{{err.args[0]}}} is unset and has no default") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(path, "", f"invalid YAML: {err}") from None
+    raw = load_yaml(text, path)
+    if not isinstance(raw, dict):
+        raise SpecError(path, "", "a sweep spec must be a YAML mapping")
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(path, item, "--set expects key=value")
-        set_dotted(raw, key, yaml.safe_load(value), path)
-    return parse_spec(raw, path)
+        apply_override(raw, item, path)
+    return parse_spec(expand_tree(raw, path), path)
+
+
+# search sections keyed by "<stage>.<field>": a --set key names one of their keys whole
+STAGE_KEYED = (("search", "grid"), ("search", "repeats"), ("search", "optuna", "space"), ("search", "baseline"))
+
+
+def override_path(raw: dict[str, Any], key: str) -> list[str]:
+    """The key path a ``--set`` key names in the raw spec: ``<stage>.<field>`` is short for
+    ``stages.<stage>.<field>`` (a stage of the spec's method, not a top-level key), and the
+    rest of a key under a section keyed by ``<stage>.<field>`` (``search.grid``,
+    ``search.repeats``, ``search.optuna.space``, ``search.baseline``, ``search.arms.<arm>``)
+    is one key: ``search.grid.pretrain.lr`` -> ``[search, grid, pretrain.lr]``."""
+    from raysuite.methods import METHODS
+
+    parts = key.split(".")
+    method = METHODS.get(raw.get("method")) if isinstance(raw.get("method"), str) else None
+    if parts[0] not in Spec.model_fields and method is not None and parts[0] in method.stages:
+        parts = ["stages", *parts]
+    heads = [list(h) for h in STAGE_KEYED] + ([parts[:3]] if parts[:2] == ["search", "arms"] else [])
+    head = next((h for h in heads if parts[: len(h)] == h and len(parts) > len(h)), None)
+    return parts if head is None else [*head, ".".join(parts[len(head) :])]
+
+
+def apply_override(raw: dict[str, Any], item: str, path: Any = None) -> None:
+    """Apply one ``--set key=value`` item (the value parsed as YAML) to the raw spec."""
+    key, sep, text = item.partition("=")
+    where = f"--set {item}"
+    if not sep or not key:
+        raise SpecError(path, where, "expects key=value")
+    value = load_yaml(text, path, where)
+    parts = override_path(raw, key)
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(path, where, f"{part!r} is not a mapping")
+    node[parts[-1]] = value
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any, path: Any = None) -> None:
+    """Set the dotted ``key`` (nested mappings) of ``tree`` to ``value``."""
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -303,9 +336,12 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, path: Any = None) -> 
 
 
 def check_stages(spec: Spec, path: Any = None) -> None:
-    """Check stage configs, grid axes, repeats and Optuna space against the method's models."""
+    """Check stage configs, grid axes, repeats and Optuna space against the method's models,
+    the sweep's size, objective and fault drill (:mod:`raysuite.spec_checks`)."""
+    from raysuite import spec_checks
     from raysuite.methods import METHODS
 
+    spec_checks.check_trial_count(spec, path)  # first: the checks below enumerate the grid
     method = METHODS[spec.method]
     if method.data_format == SOURCES and not spec.data.sources:
         raise SpecError(path, "data.sources", f"{spec.method} reads several datasets: name them under data.sources")
@@ -318,7 +354,7 @@ def check_stages(spec: Spec, path: Any = None) -> None:
 
     for stage in spec.stages:
         if stage not in method.stages:
-            raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}")
+            raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}{did_you_mean(stage, method.stages)}")
     base = resolve_stage_configs(spec, {}, path, "stages")
     keys = [("search.grid", k) for k in spec.search.grid]
     keys += [(f"search.arms.{arm}", k) for arm, values in spec.search.arms.items() for k in values]
@@ -332,10 +368,10 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     for section, key in keys:
         stage, _, field = key.partition(".")
         if stage not in method.stages or not field:
-            raise SpecError(path, f"{section}.{key}", f"must be <stage>.<field> with a stage of {list(method.stages)}")
-        model = method.stages[stage].config
-        if field.split(".")[0] not in model.model_fields:
-            raise SpecError(path, f"{section}.{key}", f"{model.__name__} has no field {field.split('.')[0]!r}")
+            raise SpecError(path, f"{section}.{key}", f"must be <stage>.<field> with a stage of {list(method.stages)}{did_you_mean(stage, method.stages)}")
+        model, name = method.stages[stage].config, field.split(".")[0]
+        if name not in model.model_fields:
+            raise SpecError(path, f"{section}.{key}", f"{model.__name__} has no field {name!r}{did_you_mean(name, model.model_fields)}")
     for key in spec.search.repeats:
         if key != FOLD and not key.endswith(".seed"):
             raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed (<stage>.seed) or the fold")
@@ -371,8 +407,9 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     skipped = skipped_points(spec)
     if skipped and len(skipped) == len(_product(spec)):
         raise SpecError(path, "search", f"every configuration is skipped: {skipped[0][1]}")
-    if spec.objective.metric.split("/")[0] not in {"val", "test"} | set(method.stages):
-        raise SpecError(path, "objective.metric", f"{spec.objective.metric!r} is not a metric raysuite reports")
+    spec_checks.check_objective(spec, path)
+    spec_checks.check_faults(spec, path)
+    spec_checks.check_optuna_space(spec, path, base)
     if spec.search.scheduler.asha:
         _check_asha(spec, path, base)
     _check_batch_split(spec, path, base)
@@ -475,15 +512,14 @@ def resolve_stage_configs(
         set_dotted(raw[stage], field, value, path)
     resolved: dict[str, dict[str, Any]] = {}
     for stage, stage_def in method.stages.items():
+        # "stages.<stage>.<field>" and "search.arms.<arm>.<stage>.<field>"; a grid axis
+        # ("search.grid.<stage>.<field>[i]") already names its stage and field
+        prefix = where if where.endswith("]") else ".".join(p for p in (where, stage) if p)
+        refuse_bool_numbers(stage_def.config, raw.get(stage, {}), path, prefix)
         try:
             cfg = stage_def.config.model_validate(raw.get(stage, {}))
         except ValidationError as err:
-            first = err.errors()[0]
-            # "stages.<stage>.<field>" and "search.arms.<arm>.<stage>.<field>"; a grid axis
-            # ("search.grid.<stage>.<field>[i]") already names its stage and field
-            parts = [where] if where.endswith("]") else [where, stage]
-            key = ".".join(p for p in [*parts, _loc(first["loc"])] if p)
-            raise SpecError(path, key, first["msg"]) from None
+            raise validation_error(err, stage_def.config, path, prefix) from None
         resolved[stage] = cfg.model_dump(mode="json", exclude_none=False)
     return resolved
 

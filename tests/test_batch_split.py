@@ -40,7 +40,7 @@ stages:
   train: {epochs: 2, batch_size: 48}
   crf: {epochs: 1, batch_size: 48}
 search: {}
-objective: {metric: val/loc_acc_iou}
+objective: {metric: val/loc_acc_iou, scope: last}
 resources: {workers_per_trial: 2}
 """
 
@@ -90,7 +90,7 @@ def test_job_stages_run_in_one_worker_and_are_not_checked(tmp_path):
     method: one_case_cascade
     data: {format: siim_acr, root: /tmp/x}
     stages: {predict: {batch_size: 15}}
-    objective: {metric: val/dice_per_image}
+    objective: {metric: val/dice_per_image, scope: last}
     resources: {workers_per_trial: 2}
     """
     load_spec(_spec(tmp_path, text))

@@ -91,7 +91,6 @@ def test_pretraining_is_shared_by_folds_and_tasks_and_absent_for_scratch(spec_pa
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
-        (", pool: {nowhere: {}}", "pretrain.pool"),
         (", norm: instance, init: imagenet", "pretrain.norm"),
         (", modality_caps: {PET: 4}", "modality_caps"),
         (", encoder: vit_base", "encoder"),
@@ -101,6 +100,13 @@ def test_pretraining_is_shared_by_folds_and_tasks_and_absent_for_scratch(spec_pa
 def test_bad_settings_are_refused_naming_the_key(spec_path, extra, key):
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
         load_spec(spec_path(extra))
+
+
+def test_a_pool_entry_that_is_no_source_is_refused(tmp_path, spec_path):
+    path = tmp_path / "nowhere.yaml"
+    path.write_text(spec_path().read_text().replace("brain: {}", "nowhere: {}"))
+    with pytest.raises(SpecError, match=r"pretrain\.pool"):
+        load_spec(path)
 
 
 def test_a_task_without_its_source_is_refused(tmp_path, spec_path):

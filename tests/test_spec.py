@@ -1,10 +1,12 @@
 import glob
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
 from raysuite.cli import main
-from raysuite.spec import SpecError, expand_env, load_spec
+from raysuite.spec import SpecError, load_spec
+from raysuite.spec_yaml import expand_env, expand_tree
 
 BASE = """
 name: t
@@ -62,8 +64,56 @@ def test_sweep_refuses_bad_spec_before_ray_starts(tmp_path, capsys, monkeypatch)
 def test_env_expansion():
     assert expand_env("${A:-x}/y", {}) == "x/y"
     assert expand_env("${A:-x}/y", {"A": "/data"}) == "/data/y"
+    assert expand_env("$$5 and $${A}", {"A": "no"}) == "$5 and ${A}"
     with pytest.raises(KeyError):
         expand_env("${A}", {})
+
+
+def test_env_expands_values_only_as_text(tmp_path, monkeypatch):
+    """Not in comments (an unset variable there is harmless) nor keys; a newline in a value
+    stays inside its string instead of adding keys."""
+    monkeypatch.delenv("RAYSUITE_TEST_UNSET", raising=False)
+    monkeypatch.setenv("RAYSUITE_TEST_NAME", "t\nmethod: genesis_cls")
+    text = "# run with ${RAYSUITE_TEST_UNSET} set\n" + BASE.replace("name: t", 'name: "${RAYSUITE_TEST_NAME}"')
+    spec = load_spec(write(tmp_path, text))
+    assert (spec.name, spec.method) == ("t\nmethod: genesis_cls", "iou_simsiam_seg")
+    assert expand_tree({"${A}": ["${A}", 3]}, "p", {"A": "x"}) == {"${A}": ["x", 3]}
+
+
+def test_set_shorthand_grid_axes_and_arms(tmp_path):
+    spec = load_spec(
+        write(tmp_path, BASE),
+        ["pretrain.lr=0.05", "search.grid.finetune.lr=[0.1, 0.01]", "search.repeats.finetune.seed=2"],
+    )
+    assert spec.stages["pretrain"]["lr"] == 0.05
+    assert spec.search.grid == {"pretrain.iou_interval": [[0.3, 0.6], None], "finetune.lr": [0.1, 0.01]}
+    assert spec.search.repeats == {"finetune.seed": 2}
+    spec = load_spec("sweeps/one_case_vs_baseline.yaml", ["search.arms.one_case.segmenter.lr=0.01"])
+    assert spec.search.arms["one_case"]["segmenter.lr"] == 0.01
+
+
+def test_validate_takes_set_items(tmp_path, capsys):
+    path = write(tmp_path, BASE)
+    assert main(["validate", str(path), "--set", "finetune.epochs=3"]) == 0
+    assert main(["validate", str(path), "--set", "finetune.epochs=0"]) == 2
+    assert "stages.finetune.epochs" in capsys.readouterr().err
+
+
+def test_sweep_and_train_refuse_a_missing_data_root_before_ray(tmp_path, capsys, monkeypatch):
+    import raysuite.tune.sweep
+
+    started = []
+    outcome = SimpleNamespace(parent_run_id="p", stage_runs={}, summary=SimpleNamespace(empty=True), failed=False)
+    monkeypatch.setattr(raysuite.tune.sweep, "run_sweep", lambda *a, **k: started.append(a) or outcome)
+    monkeypatch.setattr(raysuite.tune.sweep, "run_single", lambda *a, **k: started.append(a))
+    path = write(tmp_path, BASE.replace("/tmp/x", str(tmp_path / "absent")))
+    assert main(["validate", str(path)]) == 0  # validate checks the data with --data only
+    for command in (["sweep"], ["train"], ["validate", "--data"]):
+        assert main([*command, str(path)]) == 2
+        assert "data.root" in capsys.readouterr().err
+    assert started == []
+    assert main(["sweep", str(path), "--smoke"]) == 0  # smoke synthesises its data
+    assert len(started) == 1
 
 
 def test_set_override_and_iou_min_width(tmp_path):

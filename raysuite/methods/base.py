@@ -11,6 +11,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from raysuite.train.loop import Recipe
+from raysuite.train.telemetry import DATA_WAIT, EPOCH_TIME, GPU_MEM, SAMPLES_PER_S
+
+# what the epoch loop (train.loop.fit) reports of every training stage, as <stage>/<key>
+LOOP_KEYS = ("loss", "epoch", "lr", EPOCH_TIME, SAMPLES_PER_S, DATA_WAIT, GPU_MEM)
 
 
 class StageConfig(BaseModel):
@@ -113,9 +117,21 @@ class Method:
     report: Callable[[Any, Path, str], list[Path]] = lambda trials, out, metric: []
     default_folds: int | None = None  # K of its K-fold split when the method cross-validates
     progress_stage: str | None = None  # whose epochs ASHA counts; default the last stage
+    # per stage, the metric keys it reports besides the loop's own (LOOP_KEYS): its
+    # epoch_end extras as <stage>/<key>, its evaluation's and test's scores, <metric>_best
+    # of the metric its recipe monitors, a job's metrics (artifacts aside). A spec's
+    # objective must be one of metric_keys() (tests/test_method_metrics.py holds them true)
+    metrics: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def schedule_stage(self) -> str:
         return self.progress_stage or list(self.stages)[-1]
+
+    def metric_keys(self) -> tuple[str, ...]:
+        """Every metric key a trial of this method reports: each training stage's loop keys
+        (``<stage>/loss``, ``<stage>/epoch`` ...) and each stage's :attr:`metrics`."""
+        keys = [f"{name}/{key}" for name, d in self.stages.items() if d.recipe is not None for key in LOOP_KEYS]
+        keys += [key for name in self.stages for key in self.metrics.get(name, ())]
+        return tuple(dict.fromkeys(keys))
 
     def tiny_inputs(
         self,

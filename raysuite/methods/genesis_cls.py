@@ -809,4 +809,8 @@ METHOD = Method(
     baseline={"pretrain.init": "scratch"},
     report=report,
     default_folds=luna16.FOLDS,
+    metrics={
+        "pretrain": ("pretrain/val_mse", "pretrain/val_mse_best"),
+        "finetune": ("finetune/bce", "val/auc", "val/loss", "val/accuracy"),
+    },
 )

@@ -436,4 +436,8 @@ METHOD = Method(
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
     baseline={"pretrain.iou_interval": None},
+    metrics={
+        "pretrain": ("pretrain/collapse", "pretrain/iou_fallback_rate"),
+        "finetune": ("val/dice", "val/dice_bg", "val/dice_best"),
+    },
 )

@@ -693,4 +693,17 @@ METHOD = Method(
     report=report,
     default_folds=FOLDS,
     progress_stage="segmenter",
+    metrics={
+        "classifier": (*(f"classifier/val_{k}" for k in ("auc", "precision", "recall", "f1")), "classifier/val_auc_best"),
+        "segmenter": (
+            *(f"segmenter/loss_{name}" for name in SEG_LOSSES),  # the losses weighted above 0
+            "segmenter/val_dice", "segmenter/val_iou", "val/dice_per_image", "segmenter/val_dice_best",
+        ),
+        "predict": ("predict/val_images", "predict/test_images", "predict/seconds"),
+        "posthoc": (
+            *(f"{split}/{k}" for split in ("val", "test") for k in (*SCORES, "cls_auc", "cls_precision", "cls_recall", "cls_f1")),
+            *(f"{split}/{row}/{k}" for split in ("val", "test") for row in ROWS for k in SCORES),
+            *(f"posthoc/{k}" for k in ("pixel_threshold", "min_area", "cls_threshold", "tta_flip", "combinations", "epoch")),
+        ),
+    },  # fmt: skip
 )

@@ -480,4 +480,12 @@ METHOD = Method(
     manifest_hash=manifest_hash,
     baseline={"pretrain.fraction": 0.0},
     report=report,
+    metrics={
+        "pretrain": ("pretrain/top1", "pretrain/images_per_s"),
+        "finetune": (
+            *(f"finetune/{k}" for k in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "images_per_s")),
+            "val/map40", "val/map50", "val/map40_best", "test/map40", "test/map50",
+            *(f"test/ap40/{c}" for c in CLASSES),
+        ),
+    },  # fmt: skip
 )

@@ -592,4 +592,14 @@ METHOD = Method(
     report=report,
     default_folds=cxr14.FOLDS,
     progress_stage="train",
+    metrics={
+        stage: (
+            *(f"{stage}/{k}" for k in ("loss_ann", "loss_un", "trial/epoch", "val_loc_acc_iou", "val_loc_acc_ior")),
+            *(f"{stage}/{k}" for k in ("tau_mean", "rho_mean", "tau_hat_mean", "rho_hat_mean")),  # loss: seed
+            "val/loc_acc_iou", "val/loc_acc_ior", "val/auc",
+            *(f"val/loc_acc_{score}/{c}" for score in ("iou", "ior") for c in BOX_CLASSES),
+            *(f"val/auc/{c}" for c in CLASSES),
+        )
+        for stage in ("train", "crf")
+    },  # fmt: skip
 )
