@@ -7,7 +7,7 @@ from raysuite.data.formats import flare22
 def _salt():
     """A fixed patient-key salt: tests never create ~/.config/raysuite/salt."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAYSUITE_SALT", "raysuite-tests")
+        mp.setenv("RAYSUITE_SALT", "raysuite-tests-salt-000")
         yield
 
 

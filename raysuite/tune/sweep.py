@@ -23,12 +23,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
-from raysuite.data.privacy import salt_env
+from raysuite.data import privacy
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, grid_config_count, plan
 from raysuite.spec import Spec, config_id, config_label, repeat_points, skipped_points
 from raysuite.track import mlflow_runs as track
-from raysuite.tune import stage_cache
+from raysuite.tune import capacity, stage_cache
 from raysuite.tune.callbacks import (
     MlflowTrainCallback,
     MlflowTuneCallback,
@@ -61,8 +61,19 @@ def init_ray(address: str | None) -> None:
     # Pretraining epochs are relayed to Tune before any fine-tuning metric exists.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if not ray.is_initialized():
-        # the driver's salt on every node: ingest anywhere gives the same patient keys
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": salt_env()})
+        # The salt never goes through Ray: Ray logs every runtime env at INFO on every node
+        # and its dashboard shows them. Workers get the *path* of the salt file (name one on
+        # shared storage with RAYSUITE_SALT_FILE for a cluster), and never mint a salt of
+        # their own, even when the driver's salt is the RAYSUITE_SALT variable.
+        env = {"RAYSUITE_SALT_MUST_EXIST": "1", **privacy.worker_env()}
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+
+
+def check_capacity(spec: Spec) -> None:
+    """Exit 2 (SpecError) before any trial when the cluster can never hold one trial."""
+    warning = capacity.check(spec, capacity.live_offer(ray.nodes()))
+    if warning:
+        print(warning, flush=True)
 
 
 def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str, study: str) -> None:
@@ -158,8 +169,10 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     # The driver's own files (sweep state, summary, plots) stay on the driver's machine.
     local_dir = Path(exp_dir) if "://" not in storage else Path.cwd() / "ray_results" / spec.name
     local_dir.mkdir(parents=True, exist_ok=True)
+    privacy.check_salt()
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
+    check_capacity(spec)
     coordinator, actor = stage_cache.start_coordinator(spec.name)
     uri = track.tracking_uri()
     client = track.client(uri)
@@ -232,8 +245,10 @@ def run_single(spec: Spec, address: str | None = None) -> str:
     """``raysuite train``: the first configuration and repeat, Ray Train only. Returns the run id."""
     method = METHODS[spec.method]
     storage = storage_root(spec)
+    privacy.check_salt()
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
+    check_capacity(spec)
     overrides, repeat = decode(spec, {POINT: 0})
     p = plan(spec, overrides, repeat)
     uri = track.tracking_uri()
