@@ -15,6 +15,7 @@ from raysuite.methods.nn.patch_grid import blur_backbone
 from raysuite.methods.nn.weak_loc_losses import (
     FitStatistics,
     ThresholdSet,
+    class_balance,
     fit_threshold,
     li_loss,
     log_any_positive,
@@ -112,6 +113,59 @@ def test_log_any_positive_matches_float64_reference(x):
         torch.log(-torch.expm1(-s)) if s > 1e-300 else torch.log(torch.exp(logits.double()).sum())
     )
     assert log_any_positive(logits).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("label", "annotated"), [(1, 0), (0, 0), (1, 1), (0, 1)])
+def test_li_loss_and_its_gradient_are_finite_for_logits_over_minus_60_to_60(label, annotated):
+    """Every logit in [-60, 60], as a uniform 4 x 4 grid and as one patch among -60s. Before
+    the double-where fix, log1p(-e^{-s}) (the branch for s >= log 2, unselected) was -inf
+    for uniform grids near -21 and poisoned the gradient with 0 * inf = NaN, also for
+    annotated classes, whose unannotated term is masked by a product with 1 - a."""
+    x = torch.linspace(-60, 60, 1201)
+    uniform = x.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).clone()
+    single = torch.full_like(uniform, -60.0)
+    single[:, 0, 0, 0] = x
+    logits = torch.cat([uniform, single]).requires_grad_(True)
+    n = logits.shape[0]
+    boxes = torch.zeros(n, 1, 4, 4)
+    boxes[..., :2, :2] = annotated
+    loss, _ = li_loss(
+        logits, torch.full((n, 1), float(label)), torch.full((n, 1), float(annotated)), boxes, 70.0
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("x", [-21.0, -4.0, 0.5, 3.0])
+def test_li_loss_value_and_gradient_on_a_uniform_grid_match_hand_computation(x):
+    """Unannotated positive, 4 x 4 logits all x: q = (1 - sigma(x))^16 = e^{-s} with
+    s = 16 log(1 + e^x); L = -log(1 - q) (eqs. 2-3), dL/dx_j = -q sigma(x) / (1 - q)."""
+    logits = torch.full((1, 1, 4, 4), x, requires_grad=True)
+    loss, _ = li_loss(logits, torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(1, 1, 4, 4), 70.0)
+    loss.backward()
+    s = 16 * math.log1p(math.exp(x))
+    one_minus_q = -math.expm1(-s)
+    sigma = 1 / (1 + math.exp(-x))
+    assert loss.item() == pytest.approx(-math.log(one_minus_q), rel=1e-5)
+    expected = -math.exp(-s) * sigma / one_minus_q  # -1/16 to first order at x = -21
+    assert logits.grad.flatten().tolist() == pytest.approx([expected] * 16, rel=1e-4)
+
+
+def test_class_balance_is_the_positive_to_negative_ratio_with_a_floor_of_one_positive():
+    """Eq. 11: gamma = positives / negatives; a class without training positives gets
+    1 / negatives (not 0, which would drop the class's loss), one without negatives 1."""
+    labels = np.array([[1, 0, 1], [1, 0, 1], [0, 0, 1], [0, 0, 1], [0, 0, 1]])
+    assert class_balance(labels).tolist() == pytest.approx([2 / 3, 1 / 5, 1.0])
+    assert class_balance(np.zeros((0, 2))).tolist() == [1.0, 1.0]  # no training images
+    # the floor keeps the never-positive class's negatives in the loss (eq. 11's second term)
+    z = torch.zeros(1, 3, 2, 2)
+    z[0, 1] = 1.0  # class 1 fires on all 4 patches of a negative image
+    gamma = torch.tensor(class_balance(labels), dtype=torch.float32)
+    loss, _ = relaxed_loss(
+        z, torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3, 2, 2),
+        _thresholds(0.5, 0.1, 2.0, 1.0, k=3), 70.0, gamma,
+    )  # fmt: skip
+    assert loss.item() == pytest.approx(1 / 5 * (4.0 - 1.0), rel=1e-6)
 
 
 def _brute_force(above, below, margin, weight, lo, hi):

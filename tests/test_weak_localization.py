@@ -10,8 +10,8 @@ import pytest
 from raysuite.methods import METHODS
 from raysuite.methods import weak_localization as wl
 from raysuite.methods.nn.loc_metrics import localisation_table
-from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.spec import SpecError, load_spec
+from raysuite.plan import POINT, decode, grid_config_count, grid_points, plan, repeat_points
+from raysuite.spec import SpecError, load_spec, resolve_stage_configs
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
@@ -115,12 +115,29 @@ def test_shipped_sweeps_load_and_per_class_thresholds_resolve():
     for name in ("weak_loc_unannotated", "weak_loc_thresholds"):
         spec = load_spec(f"sweeps/{name}.yaml")
         assert spec.method == "weak_localization" and spec.objective.metric == "val/loc_acc_iou"
+        for point in grid_points(spec):  # resolved without the data (plan hashes the manifest)
+            overrides = {**point, **repeat_points(spec)[0]}
+            configs = resolve_stage_configs(spec, overrides, where="search")
+            # §4: "We take the batch size to be 48", the global batch over the DDP workers
+            assert configs["train"]["batch_size"] == configs["crf"]["batch_size"] == 48
+            if configs["train"]["loss"] == "seed":  # §4: the thresholds are alternately fitted
+                assert configs["train"]["thresholds"] == "alternate", (name, point)
     cfg = wl.TrainConfig(tau=0.4, tau_per_class={"Nodule": 0.8}, rho_hat_per_class={"Hernia": 3.0})
     t = cfg.threshold_set()
     assert t.tau[wl.CLASSES.index("Nodule")] == pytest.approx(0.8) and t.tau[0] == pytest.approx(
         0.4
     )
     assert t.rho_hat[wl.CLASSES.index("Hernia")] == 3.0 and t.rho_hat[0] == 1.0
+
+
+def test_gamma_counts_each_class_over_the_training_rows():
+    rows = pd.DataFrame({"labels": [["Mass"], [], ["Mass", "Nodule"]]})
+    gamma = wl._gamma(wl.TrainConfig(), rows).tolist()
+    by_class = dict(zip(wl.CLASSES, gamma, strict=True))
+    # Mass 2 of 3 -> 2/1, Nodule 1 of 3 -> 1/2, Hernia none -> floor of one positive, 1/3
+    assert by_class["Mass"] == pytest.approx(2.0) and by_class["Nodule"] == pytest.approx(0.5)
+    assert by_class["Hernia"] == pytest.approx(1 / 3)
+    assert wl._gamma(wl.TrainConfig(gamma=0.25), rows).tolist() == [0.25] * len(wl.CLASSES)
 
 
 def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):

@@ -51,6 +51,7 @@ from raysuite.methods.nn.weak_loc_losses import (
     FitStatistics,
     Thresholds,
     ThresholdSet,
+    class_balance,
     li_loss,
     log_any_positive,
     relaxed_loss,
@@ -288,15 +289,13 @@ def _train_rows(df: pd.DataFrame, cfg: WeakLocStageConfig) -> pd.DataFrame:
 
 
 def _gamma(cfg: TrainConfig, rows: pd.DataFrame) -> torch.Tensor:
-    """(K,) eq. 11's gamma: ``cfg.gamma``, or per class positives / negatives among ``rows``."""
+    """(K,) eq. 11's gamma: ``cfg.gamma``, or per class :func:`class_balance` of ``rows``."""
     if cfg.gamma is not None:
         return torch.full((len(CLASSES),), float(cfg.gamma))
     labels = np.array(
         [[c in set(r) for c in CLASSES] for r in rows["labels"]], dtype=float
     ).reshape(-1, len(CLASSES))
-    pos = labels.sum(0)
-    neg = len(labels) - pos
-    return torch.tensor(np.where(neg > 0, pos / np.maximum(neg, 1), 1.0), dtype=torch.float32)
+    return torch.tensor(class_balance(labels), dtype=torch.float32)
 
 
 def _class_boxes(row: dict[str, Any], grid: int) -> dict[int, np.ndarray]:

@@ -33,14 +33,26 @@ def log_any_positive(logits: torch.Tensor) -> torch.Tensor:
     = -log prod_j (1 - p_j), the result is log(1 - e^{-s}); s is carried in log space
     (logsumexp of log softplus), so that neither the product over P^2 patches nor a sum of
     underflowing softplus terms loses it: all-negative logits give log s rather than -inf.
+
+    Three regimes of l = log s, each evaluated on an input sanitised to its own range (the
+    double-where pattern: the gradient of an unselected ``torch.where`` branch is multiplied
+    by 0, and 0 * inf = NaN, so no branch may see a value where it or its derivative is
+    infinite): l < -20, log s - s/2 (series); s < log 2, log(-expm1(-s)); otherwise
+    log1p(-e^{-s}). E.g. log1p(-e^{-s}) at s = 1e-8 is log 0 in float32.
     """
     log_s = torch.logsumexp(_log_softplus(logits).flatten(-2), dim=-1)
     tiny = log_s < _LOG_TINY
-    s = torch.exp(log_s.clamp(min=_LOG_TINY))
-    # log(1 - e^-s): expm1 for small s, log1p for large s (both branches kept finite)
-    exact = torch.where(s < math.log(2), torch.log(-torch.expm1(-s)), torch.log1p(-torch.exp(-s)))
-    approx = log_s.clamp(max=_LOG_TINY)
-    return torch.where(tiny, approx - torch.exp(approx) / 2, exact)
+    small = ~tiny & (log_s < math.log(math.log(2)))
+    large = ~tiny & ~small
+    series = log_s.clamp(max=_LOG_TINY)
+    s_small = torch.exp(torch.where(small, log_s, torch.full_like(log_s, _LOG_TINY)))
+    # e^{-s} is 0 in float32 long before log s = 80: the clamp only cuts off a zero gradient
+    s_large = torch.exp(torch.where(large, log_s, torch.zeros_like(log_s)).clamp(max=80.0))
+    return torch.where(
+        tiny,
+        series - torch.exp(series) / 2,
+        torch.where(small, torch.log(-torch.expm1(-s_small)), torch.log1p(-torch.exp(-s_large))),
+    )
 
 
 def li_loss(
@@ -118,6 +130,22 @@ def relaxed_loss(
     un = ((1 - annotated) * un_term).sum(1)
     loss = (lambda_ann * ann + un).mean()
     return loss, {"loss_ann": ann.mean().detach(), "loss_un": un.mean().detach()}
+
+
+def class_balance(labels: np.ndarray) -> np.ndarray:
+    """Eq. 11's gamma per class from the training labels ``labels`` (N, K) in {0, 1} -> (K,).
+
+    gamma^k is "the ratio of positive to negative examples in the data" (eq. 11), here
+    max(n_pos, 1) / n_neg: a class with no training positive is weighted as if it had one.
+    The literal ratio 0 would switch off that class's whole loss (no positive means no box
+    either, so its only terms are the negatives' gamma-weighted ones), leaving its outputs
+    untrained; the floor keeps the weakest weight any class can have, and it is continuous
+    with n_pos = 1. A class with no negative has no term gamma multiplies: 1.
+    """
+    labels = np.asarray(labels, np.float64)
+    pos = labels.sum(0)
+    neg = labels.shape[0] - pos
+    return np.where(neg > 0, np.maximum(pos, 1.0) / np.maximum(neg, 1.0), 1.0)
 
 
 def fit_threshold(
