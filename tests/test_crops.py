@@ -34,14 +34,73 @@ def test_random_cropping_interval_never_falls_back():
     assert not any(sample_pair(512, 512, 96, (0.0, 1.0), rng).fallback for _ in range(2000))
 
 
-def test_seed_intervals_fall_back_rarely_on_ct_sized_slices():
-    rng = np.random.default_rng(1)
-    for interval in [(0.0, 0.0), (0.0001, 0.3), (0.3, 0.6)]:
-        assert sum(sample_pair(400, 400, 96, interval, rng).fallback for _ in range(2000)) <= 10
-    # [0.6, 1] needs near-coincident crops: rare on big slices, easy on small ones
-    big = sum(sample_pair(400, 400, 96, (0.6, 1.0), rng).fallback for _ in range(2000)) / 2000
-    small = sum(sample_pair(160, 160, 96, (0.6, 1.0), rng).fallback for _ in range(2000)) / 2000
-    assert small < 0.005 < big
+def _exact_fallback_rate(side: int, size: int, min_inter: int, r1: int = 30, r2: int = 4) -> float:
+    """Algorithm 1's fallback probability on a ``side`` x ``side`` slice with crop 2 uniform
+    within ±(size - 1) px of crop 1 (clipped): (E_crop1[(1 - p)^r1])^r2, where p is the
+    share of crop 1's window whose overlap area is >= ``min_inter`` (upper bound IoU 1)."""
+    d = np.arange(-(size - 1), size)  # crop-2 offset along one axis
+    overlap = size - np.abs(d)
+    ok = (overlap[:, None] * overlap[None, :] >= min_inter).astype(np.int64)
+    table = np.zeros((len(d) + 1, len(d) + 1), np.int64)  # 2-D prefix sums of ok
+    table[1:, 1:] = ok.cumsum(0).cumsum(1)
+    corner = np.arange(side - size + 1)
+    low, high = np.maximum(corner - (size - 1), 0), np.minimum(corner + size - 1, side - size)
+    a, b = low - corner + size - 1, high - corner + size  # window as [a, b) into d
+    hits = table[b[:, None], b] - table[a[:, None], b] - table[b[:, None], a] + table[a[:, None], a]
+    p = hits / np.outer(b - a, b - a)
+    return float(((1 - p) ** r1).mean() ** r2)
+
+
+def test_high_interval_falls_back_below_the_seed_rate_on_flare22_slices():
+    # 96 px crops (the seed's sliding window and minimum padded size, §4.3/§4.5) on 512 px
+    # slices. IoU >= 0.6 means overlap >= 2 * 96^2 * 0.6 / 1.6 = 6912 px.
+    size, side, n = 96, 512, 200_000
+    exact = _exact_fallback_rate(side, size, 6912)
+    assert exact < 0.005  # seed §4.5: "below 0.5% of all pairs" for [0.6, 1.0]
+    first, second, iou, fallback = sample_pairs(n, side, side, size, (0.6, 1.0), np.random.default_rng(0))
+    measured = fallback.mean()
+    assert abs(measured - exact) < 4 * np.sqrt(exact * (1 - exact) / n)  # drawing crop 2 anywhere: 43 %
+    # every accepted pair lies in the interval, IoU recomputed from the corners (eq. 3.1)
+    inter = np.prod(np.maximum(size - np.abs(first - second), 0), axis=1)
+    recomputed = inter / (2 * size * size - inter)
+    assert np.array_equal(recomputed, iou)
+    assert ((recomputed >= 0.6) & (recomputed <= 1.0))[~fallback].all()
+    assert (np.abs(first - second) <= size - 1).all()  # i_min > 0: crop 2 near crop 1, fallbacks too
+
+
+def test_seed_intervals_with_overlap_never_fall_back_on_flare22_slices():
+    for interval in [(0.0001, 0.3), (0.3, 0.6)]:
+        _, _, iou, fallback = sample_pairs(20_000, 512, 512, 96, interval, np.random.default_rng(2))
+        assert not fallback.any()
+        assert ((iou >= interval[0]) & (iou <= interval[1])).all()
+
+
+def test_zero_lower_bound_draws_crop_two_anywhere():
+    # [0, 0] needs disjoint crops; [0, 0.5] must still reach IoU 0 (crop 2 beyond 95 px)
+    for interval in [(0.0, 0.0), (0.0, 0.5)]:
+        first, second, iou, fallback = sample_pairs(2000, 512, 512, 96, interval, np.random.default_rng(3))
+        assert fallback.mean() < 0.005  # seed §4.5 for [0, 0]
+        assert (iou == 0).any() and (np.abs(first - second).max(1) > 2 * 95).any()
+
+
+@pytest.mark.parametrize(
+    ("side", "interval", "offset"),
+    [
+        # 20 px crops, 5 px apart: overlap 20 * 15 = 300, IoU 300 / (800 - 300) = 0.6 exactly;
+        # 4 px apart gives 320 / 480 = 2/3, so only the bound itself qualifies
+        (20, (0.3, 0.6), 5),
+        # 11 px crops, 9 px apart: overlap 11 * 2 = 22, IoU 22 / (242 - 22) = 0.1 exactly;
+        # 8 px apart gives 33 / 209 = 0.158 > 0.12
+        (11, (0.1, 0.12), 9),
+    ],
+)
+def test_decimal_bounds_are_inclusive_exactly(side, interval, offset):
+    size = side
+    assert square_iou((0, 0), (0, offset), size) in interval  # the float IoU equals the bound
+    first, second, iou, fallback = sample_pairs(500, size, size + offset, size, interval, np.random.default_rng(4))
+    assert (~fallback).sum() > 100  # float(0.6) < 3/5 and float(0.1) > 1/10 would reject them all
+    assert (np.abs(first - second)[~fallback] == [0, offset]).all()
+    assert (iou[~fallback] == square_iou((0, 0), (0, offset), size)).all()
 
 
 def test_infeasible_interval_falls_back_to_last_pair():
