@@ -93,11 +93,12 @@ def node_types(config: Mapping[str, Any]) -> tuple[dict[str, tuple[dict[str, flo
     ``max_workers``; and the names of those that declare no CPU or GPU."""
     declared, undeclared = {}, []
     for name, node in (config.get("available_node_types") or {}).items():
-        if name == config.get("head_node_type") or not node.get("max_workers", config.get("max_workers", 0)):
+        most = int(node.get("max_workers", config.get("max_workers", 0)))
+        if name == config.get("head_node_type") or not most:
             continue
         resources = {k: float(v) for k, v in (node.get("resources") or {}).items() if k in KINDS}
         if resources:
-            declared[name] = (resources, int(node.get("max_workers", config.get("max_workers", 0))))
+            declared[name] = (resources, most)
         else:
             undeclared.append(name)
     return declared, tuple(undeclared)

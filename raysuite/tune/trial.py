@@ -18,7 +18,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raysuite.methods import METHODS
-from raysuite.plan import TrialPlan
+from raysuite.plan import TrialPlan, stage_world_size
 from raysuite.spec import Spec
 from raysuite.train.loop import HISTORY_FILE
 from raysuite.tune import stage_cache, telemetry
@@ -64,7 +64,7 @@ def run_stage(
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=1 if METHODS[spec.method].stages[stage].job else res.workers_per_trial,
+            num_workers=stage_world_size(spec, stage),
             use_gpu=use_gpu,
             resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})},
         ),
