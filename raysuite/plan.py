@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raysuite.code_fingerprint import fingerprint
@@ -15,6 +15,8 @@ from raysuite.spec import (
     FOLD,
     Spec,
     SpecError,
+    Unavailable,
+    all_points,
     config_id,
     config_label,
     grid_points,
@@ -33,6 +35,8 @@ class TrialPlan:
     configs: dict[str, dict[str, Any]]  # resolved, validated stage configs
     seeds: dict[str, int]  # effective RNG seed per stage
     keys: dict[str, str]  # content key per stage (stage cache for cacheable ones)
+    # <stage>.<field> -> stored directory of the pretrained weights the driver resolved
+    weights: dict[str, str] = field(default_factory=dict)
 
     @property
     def fold(self) -> int | None:
@@ -63,11 +67,25 @@ def code_fingerprint(method: str) -> str:
 
 def stage_world_size(spec: Spec, stage: str) -> int:
     """How many DDP workers run ``stage``: a job runs in one, training in ``workers_per_trial``."""
-    return 1 if METHODS[spec.method].stages[stage].job is not None else spec.resources.workers_per_trial
+    return (
+        1
+        if METHODS[spec.method].stages[stage].job is not None
+        else spec.resources.workers_per_trial
+    )
 
 
-def grid_config_count(spec: Spec) -> int:
-    return len(grid_points(spec)) * len(repeat_points(spec))
+def point_indices(spec: Spec, unavailable: Unavailable | None = None) -> list[int]:
+    """The grid study's trial indices (:data:`POINT`): every (configuration, repeat) of
+    :func:`~raysuite.spec.all_points` x repeats but the skipped configurations'. An index
+    names the same trial whatever is skipped, so the trials decode it without knowing."""
+    repeats = len(repeat_points(spec))
+    runs = grid_points(spec, unavailable)
+    return [
+        n * repeats + r
+        for n, point in enumerate(all_points(spec))
+        if point in runs
+        for r in range(repeats)
+    ]
 
 
 def decode(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
@@ -75,21 +93,31 @@ def decode(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     repeats = repeat_points(spec)
     if POINT in config:
         point = int(config[POINT])
-        return grid_points(spec)[point // len(repeats)], repeats[point % len(repeats)]
+        return all_points(spec)[point // len(repeats)], repeats[point % len(repeats)]
     overrides = {k: v for k, v in config.items() if "." in k}
     if REPEAT in config:
         return overrides, repeats[int(config[REPEAT]) % len(repeats)]
     return overrides, repeats[0]
 
 
-def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> TrialPlan:
+def plan(
+    spec: Spec,
+    overrides: dict[str, Any],
+    repeat: dict[str, int],
+    weights: dict[str, str] | None = None,
+    hash_data: bool = True,
+) -> TrialPlan:
     """Resolve a trial. Seeds: a stage's seed mixes its own and those of the stages it
     consumes, so the scratch arm still gets distinct runs per (pretrain seed, finetune
     seed) pair while all configurations share the same seed set (as seed 001 did across
     intervals). A stage's key covers its config, data, seed, fold and the keys of the
     stages it consumes (not of stages it merely follows), so two independent models of
     one trial are cached independently. The key also covers the code computing the stage
-    (:func:`code_fingerprint`) and its world size."""
+    (:func:`code_fingerprint`) and its world size. ``weights``: the stored pretrained files
+    of this configuration (``weight_resolution.Resolution.for_trial``); the key covers the
+    value naming them (``imagenet`` is one pinned library file). ``hash_data`` False leaves
+    the data out of the keys (``raysuite plan`` before the data is ingested: the keys are
+    then provisional, good for telling which trials share a stage, not for the cache)."""
     method = METHODS[spec.method]
     configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     for key, message in method.check(configs):
@@ -108,7 +136,11 @@ def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> Trial
             "method": spec.method,
             "stage": name,
             "config": configs[name],
-            "manifest": method.manifest_hash(spec.data.model_dump(), name, stage.config.model_validate(configs[name])),
+            "manifest": method.manifest_hash(
+                spec.data.model_dump(), name, stage.config.model_validate(configs[name])
+            )
+            if hash_data
+            else None,
             "seed": seed,
             "upstream": "+".join(live.get(c, "") for c in stage.inputs),
             "code": code_fingerprint(spec.method),
@@ -121,4 +153,4 @@ def plan(spec: Spec, overrides: dict[str, Any], repeat: dict[str, int]) -> Trial
         keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
         if not stage.skip(configs[name]):
             live[name] = keys[name]
-    return TrialPlan(overrides, repeat, configs, seeds, keys)
+    return TrialPlan(overrides, repeat, configs, seeds, keys, dict(weights or {}))

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -350,7 +351,7 @@ def check_stages(spec: Spec, path: Any = None) -> None:
     data = spec.data.model_dump()
 
     def problems(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-        return method.check(configs) + method.check_data(data, configs)
+        return method.check(configs) + method.check_data(data, configs) + spec_checks.weights_problems(method, configs)
 
     for stage in spec.stages:
         if stage not in method.stages:
@@ -400,12 +401,12 @@ def check_stages(spec: Spec, path: Any = None) -> None:
             for field, message in problems(configs):
                 raise SpecError(path, f"search.grid.{key}[{i}]", f"{field}: {message}")
     if spec.search.arms and spec.search.grid:  # an arm may clash with a grid value only together
-        for point in _product(spec):
+        for point in all_points(spec):
             configs = resolve_stage_configs(spec, point, path, f"search.arms.{point[ARM]}", base=base)
             for field, message in problems(configs):
                 raise SpecError(path, f"search.arms.{point[ARM]}", f"{field}: {message} (with {config_label(point)})")
     skipped = skipped_points(spec)
-    if skipped and len(skipped) == len(_product(spec)):
+    if skipped and len(skipped) == len(all_points(spec)):
         raise SpecError(path, "search", f"every configuration is skipped: {skipped[0][1]}")
     spec_checks.check_objective(spec, path)
     spec_checks.check_faults(spec, path)
@@ -556,7 +557,7 @@ def repeat_points(spec: Spec) -> list[dict[str, int]]:
     return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[range(n) for _, n in axes])]
 
 
-def _product(spec: Spec) -> list[dict[str, Any]]:
+def all_points(spec: Spec) -> list[dict[str, Any]]:
     """Cartesian product of the arms and the grid axes (one empty point when neither)."""
     axes = list(spec.search.grid.items())
     if spec.search.arms:
@@ -566,24 +567,30 @@ def _product(spec: Spec) -> list[dict[str, Any]]:
     return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
 
 
-def skipped_points(spec: Spec) -> list[tuple[dict[str, Any], str]]:
-    """Grid points the method cannot run here, with its reason (e.g. an ImageNet arm
-    without a weights file): the sweep reports them and runs the rest."""
+Unavailable = Callable[[Spec, dict[str, dict[str, Any]]], "str | None"]
+
+
+def skipped_points(spec: Spec, unavailable: Unavailable | None = None) -> list[tuple[dict[str, Any], str]]:
+    """Grid points that cannot run here, with the reason: the method's own
+    (``Method.unavailable``) or ``unavailable``'s (the sweep driver's: pretrained weights that
+    cannot be had, see :mod:`raysuite.weight_resolution`). The sweep reports them and runs
+    the rest."""
     from raysuite.methods import METHODS
 
     method, data = METHODS[spec.method], spec.data.model_dump()
     out = []
-    for point in _product(spec):
-        reason = method.unavailable(data, resolve_stage_configs(spec, point, where="search"))
+    for point in all_points(spec):
+        configs = resolve_stage_configs(spec, point, where="search")
+        reason = method.unavailable(data, configs) or (unavailable(spec, configs) if unavailable else None)
         if reason:
             out.append((point, reason))
     return out
 
 
-def grid_points(spec: Spec) -> list[dict[str, Any]]:
+def grid_points(spec: Spec, unavailable: Unavailable | None = None) -> list[dict[str, Any]]:
     """The configurations a sweep runs: arms x grid axes, less :func:`skipped_points`."""
-    skipped = [point for point, _ in skipped_points(spec)]
-    return [point for point in _product(spec) if point not in skipped]
+    skipped = [point for point, _ in skipped_points(spec, unavailable)]
+    return [point for point in all_points(spec) if point not in skipped]
 
 
 def config_id(overrides: dict[str, Any]) -> str:
@@ -613,8 +620,14 @@ def smoke(spec: Spec) -> Spec:
     method = METHODS[spec.method]
     data = spec.model_copy(deep=True)
     data.tiny = True
+    preset: set[str] = set()
     for stage in method.stages:  # sizes of the TINY preset and smoke epochs win over the spec's
         data.stages[stage] = {**data.stages.get(stage, {}), **method.tiny.get(stage, {}), **method.smoke.get(stage, {})}
+        preset |= {f"{stage}.{key}" for key in method.smoke.get(stage, {})}
+    # smoke lengths also win over an arm's (seed 002 gives each Figure 5.1 cell its own
+    # epochs); what the arms compare (encoder, init, task) stays theirs
+    for arm, values in data.search.arms.items():
+        data.search.arms[arm] = {k: v for k, v in values.items() if k not in preset} or values
     data.search.repeats = {k: min(v, 2) for k, v in data.search.repeats.items()}
     if data.search.optuna:
         data.search.optuna.n_trials = min(data.search.optuna.n_trials, 2)

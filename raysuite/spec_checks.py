@@ -8,7 +8,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raysuite.spec import Choice, Distribution, IntRange, Spec, Uniform, resolve_stage_configs
+from raysuite.spec import (
+    Choice,
+    Distribution,
+    IntRange,
+    Spec,
+    Uniform,
+    all_points,
+    resolve_stage_configs,
+)
 from raysuite.spec_errors import SpecError, did_you_mean
 
 
@@ -129,3 +137,39 @@ def check_data_present(spec: Spec, path: Any) -> None:
             path, f"{where}.root",
             f"{root} is not a directory: point it at the dataset, or set {where}.synthetic_if_missing: true to synthesise one there",
         )  # fmt: skip
+
+
+def weights_problems(method: Any, configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """A pretrained-weights value that means nothing (a name the architecture has no
+    weights under, a library source that does not exist): a mistake in the spec, refused
+    before any trial. Weights that exist but are not cached here are the sweep driver's
+    business (``weight_resolution``: the configuration is skipped with the reason)."""
+    from raysuite.methods.ledger import lookup
+    from raysuite.methods.nn import pretrained
+
+    out = []
+    for need in method.pretrained(configs):
+        value = lookup(configs, need.key)
+        try:
+            source = pretrained.source_of(need.arch, value)
+            if isinstance(source, pretrained.Source):
+                pretrained.cache_path(source)  # an unknown enum or timm tag raises
+        except pretrained.WeightsUnavailable as err:
+            out.append((need.key, str(err)))
+    return out
+
+
+def check_weight_files(spec: Spec, path: Any) -> None:
+    """Each pretrained-weights file a configuration names exists (``sweep``, ``train`` and
+    ``plan`` check it, as they check data roots; ``validate --data`` too)."""
+    from raysuite.methods import METHODS
+    from raysuite.methods.ledger import lookup
+    from raysuite.methods.nn import pretrained
+    method = METHODS[spec.method]
+    for point in all_points(spec):
+        configs = resolve_stage_configs(spec, point, where="search")
+        for need in method.pretrained(configs):
+            value = lookup(configs, need.key)
+            source = pretrained.source_of(need.arch, value)
+            if isinstance(source, Path) and "://" not in str(value) and not source.is_file():
+                raise SpecError(path, need.key, f"{value}: no such weights file")

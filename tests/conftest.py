@@ -1,6 +1,68 @@
-import pytest
+import os
+import tempfile
 
-from raysuite.data.formats import flare22
+# The libraries' weight caches point into a fresh folder before anything imports
+# huggingface_hub (it reads HF_HOME once): tests never read, nor download into, the
+# machine's own caches; a test places the files it needs (``pretrained_cache``).
+_CACHES = tempfile.mkdtemp(prefix="raysuite-test-caches-")
+os.environ["TORCH_HOME"] = os.path.join(_CACHES, "torch")
+os.environ["HF_HOME"] = os.path.join(_CACHES, "huggingface")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from raysuite.data.formats import flare22  # noqa: E402
+from raysuite.methods.nn import pretrained  # noqa: E402
+
+
+class PretrainedCache:
+    """Places state dicts where torchvision (``$TORCH_HOME/hub/checkpoints``) and timm (the
+    Hugging Face cache) look for published weights, so the offline machine resolves
+    ``imagenet`` / ``coco`` exactly as a networked one would after its first download."""
+
+    def state(self, arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+        """A state dict that fits ``arch``, with random values a scratch model would not have."""
+        g = torch.Generator().manual_seed(seed)
+        return {
+            k: (torch.rand(v.shape, generator=g) + 0.5 if v.is_floating_point() else v.clone())
+            for k, v in pretrained.arch_of(arch).build().state_dict().items()
+        }
+
+    def place(self, arch: str, value: str = "imagenet", state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        state = self.state(arch) if state is None else state
+        source = pretrained.source_of(arch, value)
+        assert isinstance(source, pretrained.Source), value
+        path = pretrained.cache_path(source)
+        if source.library == "timm":
+            from safetensors.torch import save_file
+
+            snapshot = path.parent.parent
+            revision = "0" * 40
+            path = snapshot / revision / path.name
+            (snapshot.parent / "refs").mkdir(parents=True, exist_ok=True)
+            (snapshot.parent / "refs" / "main").write_text(revision)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, path)
+        return state
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(_CACHES, ignore_errors=True)
+        os.makedirs(_CACHES, exist_ok=True)
+
+
+@pytest.fixture
+def pretrained_cache():
+    """The library caches with a clean slate before and after the test."""
+    cache = PretrainedCache()
+    cache.clear()
+    yield cache
+    cache.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)

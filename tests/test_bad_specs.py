@@ -21,6 +21,13 @@ search:
 objective: {metric: val/dice}
 """
 
+WEAK = """
+name: t
+method: weak_localization
+data: {format: chestxray14, root: /nonexistent/raysuite-bad-specs, synthetic_if_missing: true}
+objective: {metric: val/loc_acc_iou, mode: max, scope: last}
+"""
+
 OPTUNA = "search:\n  optuna:\n    n_trials: 4\n    space:\n      {}\n"
 BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
 
@@ -132,6 +139,13 @@ CASES = [
     Bad("zero-repeats", "search.repeats", "at least 1", args=("--set=search.repeats.finetune.seed=0",)),
     Bad("bad-interval", "stages.pretrain", "i_min > i_max", (("iou_interval: [0.3, 0.6]}", "iou_interval: [0.7, 0.6]}"),)),
     Bad("empty-name", "name", "at least 1 character", (("name: t", "name: ''"),)),
+    # pretrained weights: a name or library source that means nothing, a file that is not there
+    Bad("unknown-weights-name", "stages.train.weights", "resnet50 has no 'imagnet' weights", text=WEAK,
+        extra="stages: {train: {weights: imagnet}}\n"),
+    Bad("unknown-torchvision-enum", "search.grid.train.weights[1]", "not a torchvision weight enum", text=WEAK,
+        extra="search: {grid: {train.weights: [imagenet, 'torchvision:ResNet50_Weights.IMAGENET9K']}}\n"),
+    Bad("missing-weights-file", "train.weights", "no such weights file", text=WEAK, args=("--data",),
+        extra="stages: {train: {weights: /nonexistent/r50.pth}}\n"),
 ]
 
 

@@ -121,3 +121,20 @@ def test_set_override_and_iou_min_width(tmp_path):
     assert spec.stages["pretrain"]["lr"] == 0.05
     with pytest.raises(SpecError, match="iou_width"):
         load_spec(write(tmp_path, BASE), ["stages.pretrain.iou_min=0.2"])
+
+
+def test_smoke_epochs_win_over_an_arms_own_schedule():
+    """Seed 002's Figure 5.1 cells each set their epochs through an arm; --smoke still runs
+    every one of them at the smoke length, and keeps what the arms compare."""
+    from raysuite.methods import METHODS
+    from raysuite.spec import all_points, resolve_stage_configs, smoke
+
+    full = load_spec("sweeps/genesis_transfer.yaml")
+    shrunk = smoke(full)
+    epochs = METHODS["genesis_cls"].smoke["finetune"]["epochs"]
+    configs = [resolve_stage_configs(shrunk, p, where="search") for p in all_points(shrunk)]
+    assert {c["finetune"]["epochs"] for c in configs} == {epochs}
+    assert {(c["pretrain"]["init"], c["pretrain"]["encoder"], c["finetune"]["task"]) for c in configs} == {
+        (c["pretrain"]["init"], c["pretrain"]["encoder"], c["finetune"]["task"])
+        for c in (resolve_stage_configs(full, p, where="search") for p in all_points(full))
+    }

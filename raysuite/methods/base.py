@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from raysuite.methods.ledger import Departure, Paper
+from raysuite.methods.nn import pretrained
+from raysuite.methods.nn.pretrained import Need
 from raysuite.train.loop import Recipe
 from raysuite.train.telemetry import DATA_WAIT, EPOCH_TIME, GPU_MEM, SAMPLES_PER_S
 
@@ -37,6 +40,17 @@ class StageInputs:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # every stage's config of this trial
     upstreams: dict[str, Path] = field(default_factory=dict)  # every consumed (not skipped) stage's output
     fold: int | None = None  # cross-validation fold of this trial (search.repeats.fold)
+    # this stage's pretrained files resolved by the sweep driver, by field name (``weights``)
+    pretrained: dict[str, Path] = field(default_factory=dict)
+
+    def weights_file(self, name: str, arch: str) -> Path | None:
+        """The local file of this stage's pretrained-weights field ``name`` (a file the
+        sweep driver resolved into shared storage), None for ``none``. Outside a sweep (tests,
+        ``LocalRuntime``) the field resolves on this machine: a path, or a name found in
+        torchvision's or timm's cache (never downloaded here: :mod:`~raysuite.methods.nn.pretrained`)."""
+        if name in self.pretrained:
+            return self.pretrained[name]
+        return pretrained.local_file(arch, getattr(self.cfg, name))
 
     def local_batch(self, batch_size: int, minimum: int = 1) -> int:
         """This rank's share of the global ``batch_size``: a stage's ``batch_size`` is always
@@ -122,6 +136,17 @@ class Method:
     # of the metric its recipe monitors, a job's metrics (artifacts aside). A spec's
     # objective must be one of metric_keys() (tests/test_method_metrics.py holds them true)
     metrics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    paper: Paper | None = None  # the seed as it names itself
+    departures: tuple[Departure, ...] = ()  # every place the method departs from its seed
+    # (stage configs of a configuration) -> the seed's value of each <stage>.<field> key it
+    # gives one for, so a sweep's values that differ are flagged (ledger.design_flags)
+    seed_design: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] = lambda configs: {}
+    # (stage configs) -> the fields that start a model from pretrained weights, with the
+    # architecture each file must fit; the sweep driver resolves them before any trial
+    pretrained: Callable[[dict[str, dict[str, Any]]], list[Need]] = lambda configs: []
+    # declared seconds per epoch of each training stage on one GPU at the seed's scale
+    # (``raysuite plan``'s device-hour estimate); a job stage may declare its total seconds
+    epoch_seconds: dict[str, float] = field(default_factory=dict)
 
     def schedule_stage(self) -> str:
         return self.progress_stage or list(self.stages)[-1]

@@ -20,6 +20,7 @@ from raysuite.spec import Spec
 from raysuite.track import mlflow_runs as track
 from raysuite.tune.outcome import CHECKPOINTED, COMPLETE, DIVERGED, classify
 from raysuite.tune.safe_callback import guarded
+from raysuite.weight_resolution import Resolution
 
 
 def _step(metrics: dict[str, Any]) -> int:
@@ -90,6 +91,8 @@ def trial_tags(p: TrialPlan) -> dict[str, str]:
         "raysuite.config": p.label,
         "raysuite.repeat": json.dumps(p.repeat, sort_keys=True),
         **{f"raysuite.stage_key.{k}": v for k, v in p.keys.items()},
+        # the stored pretrained file each weights field started from (<arch>-<sha of the file>)
+        **{f"raysuite.weights.{k}": uri.rstrip("/").rsplit("/", 1)[-1] for k, uri in p.weights.items()},
     }
 
 
@@ -99,8 +102,10 @@ class MlflowTuneCallback(Callback):
     study's :class:`RepeatASHA`, which knows the rung), a diverged one FAILED with
     ``raysuite.failure=diverged``."""
 
-    def __init__(self, spec: Spec, parent_id: str, uri: str, study: str = "grid", scheduler: Any = None):
+    def __init__(self, spec: Spec, parent_id: str, uri: str, study: str = "grid", scheduler: Any = None,
+                 weights: Resolution | None = None):  # fmt: skip
         self.spec, self.parent_id, self.uri, self.study, self.scheduler = spec, parent_id, uri, study, scheduler
+        self.weights = weights or Resolution()
         self.runs: dict[str, str] = {}
         self._logs: dict[str, MetricLog] = {}
         self._finished: set[str] = set()  # trials whose run ended FINISHED (a later prune re-ends it)
@@ -117,7 +122,9 @@ class MlflowTuneCallback(Callback):
 
     def _run(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
-            p = plan(self.spec, *decode(self.spec, trial.config))
+            overrides, repeat = decode(self.spec, trial.config)
+            configs = plan(self.spec, overrides, repeat).configs
+            p = plan(self.spec, overrides, repeat, self.weights.for_trial(self.spec, configs))
             name = f"{p.label} | {','.join(f'{k}={v}' for k, v in sorted(p.repeat.items())) or 'r0'}"
             self.runs[trial.trial_id] = track.child_run(
                 self.client, self.parent_id, f"{self.study}-{p.trial_key}", name, trial_params(p),

@@ -23,10 +23,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from raysuite import weight_resolution
 from raysuite.data import privacy
+from raysuite.departures import departures_of
 from raysuite.methods import METHODS
-from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.spec import Spec, config_id, config_label, repeat_points, skipped_points
+from raysuite.plan import POINT, decode, plan, point_indices
+from raysuite.spec import Spec, SpecError, config_id, config_label, repeat_points, skipped_points
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import capacity, stage_cache
 from raysuite.tune.callbacks import (
@@ -41,6 +43,7 @@ from raysuite.tune.telemetry import TrialStateCallback
 from raysuite.tune.trial import run_trial
 
 STATE = "sweep.json"
+DEPARTURES = "departures.md"  # the parent run's ledger of departures from the seed
 
 
 @dataclass
@@ -76,9 +79,18 @@ def check_capacity(spec: Spec) -> None:
         print(warning, flush=True)
 
 
-def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str, study: str) -> None:
+def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: str, coordinator: str, study: str,
+            weights: dict[str, str] | None = None) -> None:  # fmt: skip
+    """One Tune trial. ``weights``: the driver's resolved pretrained files
+    (``weight_resolution.Resolution.files``); a need left out of it was unavailable."""
     spec = Spec.model_validate_json(spec_json)
-    p = plan(spec, *decode(spec, config))
+    overrides, repeat = decode(spec, config)
+    resolution = weight_resolution.Resolution(files=dict(weights or {}))
+    configs = plan(spec, overrides, repeat).configs
+    missing = [need.key for need, _ in weight_resolution.needs(spec, configs) if need.key not in resolution.for_trial(spec, configs)]
+    if missing:
+        raise RuntimeError(f"pretrained weights of {', '.join(missing)} were not resolved before the sweep (unavailable)")
+    p = plan(spec, overrides, repeat, resolution.for_trial(spec, configs))
     # Tune retries the driver (max_failures); Train does not retry inside it, so a fault costs
     # one retry of the budget, not (Train retries + 1) x (Tune retries + 1) attempts. A
     # retried driver resumes each stage from its Train checkpoint (same run name).
@@ -107,13 +119,13 @@ def _space(spec: Spec) -> dict[str, Any]:
     return space
 
 
-def _studies(spec: Spec) -> list[str]:
-    studies = []
+def studies(spec: Spec) -> list[str]:
+    out = []
     if spec.search.grid or spec.search.arms or not spec.search.optuna:
-        studies.append("grid")
+        out.append("grid")
     if spec.search.optuna:
-        studies.append("optuna")
-    return studies
+        out.append("optuna")
+    return out
 
 
 def _scheduler(spec: Spec, study: str) -> RepeatASHA | None:
@@ -130,11 +142,11 @@ def _scheduler(spec: Spec, study: str) -> RepeatASHA | None:
 
 
 def _tuner(spec: Spec, study: str, trainable: Any, exp_dir: str, callbacks: list[tune.Callback],
-           scheduler: RepeatASHA | None) -> tune.Tuner:  # fmt: skip
+           scheduler: RepeatASHA | None, resolution: weight_resolution.Resolution) -> tune.Tuner:  # fmt: skip
     metric, mode = spec.objective.column, spec.objective.mode
     repeats = len(repeat_points(spec))
     if study == "grid":
-        space = {POINT: tune.grid_search(list(range(grid_config_count(spec))))}
+        space = {POINT: tune.grid_search(point_indices(spec, resolution.reason))}
         search_alg, samples = None, 1
     else:
         import optuna  # noqa: F401  (OptunaSearch needs it; the seeded sampler makes TPE reproducible)
@@ -173,6 +185,8 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
     check_capacity(spec)
+    # pretrained weights: once, here, into the shared storage, before any trial
+    resolution = weight_resolution.resolve(spec, storage)
     coordinator, actor = stage_cache.start_coordinator(spec.name)
     uri = track.tracking_uri()
     client = track.client(uri)
@@ -186,20 +200,24 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
         state = {"parent_run_id": parent, "invocation": invocation}
         (local_dir / STATE).write_text(json.dumps(state))
         track.log_text(client, parent, "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        track.log_text(client, parent, DEPARTURES, departures_of(spec).markdown())
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
     parent = state["parent_run_id"]
-    skipped = [f"{config_label(point)}: {reason}" for point, reason in skipped_points(spec)]
+    skipped = [f"{config_label(point)}: {reason}" for point, reason in skipped_points(spec, resolution.reason)]
     if skipped:
         print("skipped configurations:\n  " + "\n  ".join(skipped), flush=True)
         track.log_text(client, parent, "skipped.txt", "\n".join(skipped) + "\n")
+    if studies(spec) == ["grid"] and not point_indices(spec, resolution.reason):
+        track.end_run(client, parent, failed=True)
+        raise SpecError(None, "search", f"every configuration is skipped: {skipped[0]}")
     failed = False
     states = TrialStateCallback(spec.name)  # one for every study: its counts add up over them
     try:
-        for study in _studies(spec):
+        for study in studies(spec):
             trainable = tune.with_parameters(
                 _driver, spec_json=spec.model_dump_json(), storage=storage, invocation=state["invocation"],
-                coordinator=coordinator, study=study,
+                coordinator=coordinator, study=study, weights=resolution.files,
             )  # fmt: skip
             # The driver only waits on its TorchTrainer: it takes no CPU a training worker could use.
             trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 1})
@@ -211,8 +229,8 @@ def run_sweep(spec: Spec, resume: bool = False, address: str | None = None) -> S
                 # the list it is given, and a reporter left over from the first study broke
                 # the second one's output (TypeError in _get_time_str) and ended the sweep.
                 scheduler = _scheduler(spec, study)
-                callbacks = [MlflowTuneCallback(spec, parent, uri, study, scheduler), states]
-                tuner = _tuner(spec, study, trainable, exp_dir, callbacks, scheduler)
+                callbacks = [MlflowTuneCallback(spec, parent, uri, study, scheduler, resolution), states]
+                tuner = _tuner(spec, study, trainable, exp_dir, callbacks, scheduler, resolution)
             grid = tuner.fit()
             failed |= any(r.error is not None for r in grid)
     except BaseException:
@@ -249,8 +267,13 @@ def run_single(spec: Spec, address: str | None = None) -> str:
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
     check_capacity(spec)
-    overrides, repeat = decode(spec, {POINT: 0})
-    p = plan(spec, overrides, repeat)
+    overrides, repeat = decode(spec, {POINT: point_indices(spec)[0]})
+    configs = plan(spec, overrides, repeat).configs
+    resolution = weight_resolution.resolve(spec, storage)
+    reason = resolution.reason(spec, configs)
+    if reason:
+        raise SystemExit(f"raysuite train: {config_label(overrides)}: {reason}")
+    p = plan(spec, overrides, repeat, resolution.for_trial(spec, configs))
     uri = track.tracking_uri()
     client = track.client(uri)
     invocation = uuid.uuid4().hex[:8]

@@ -157,6 +157,8 @@ def _stage_config(spec: Spec, plan: TrialPlan, stage: str, upstreams: dict[str, 
         "seed": plan.seeds[stage],
         "upstreams": upstreams,
         "fold": plan.fold,
+        # this stage's pretrained files (stored directories), by field name
+        "pretrained": {key.split(".", 1)[1]: uri for key, uri in plan.weights.items() if key.split(".", 1)[0] == stage},
     }
 
 

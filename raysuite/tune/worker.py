@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
+from raysuite.methods.nn.pretrained import STATE_FILE
 from raysuite.train import collectives
 from raysuite.train.loop import HISTORY_FILE, Diverged, Recipe, fit, seed_everything
 from raysuite.train.sharding import shard_loader
@@ -108,9 +109,13 @@ def _inputs(config: dict[str, Any], stack: contextlib.ExitStack, rank: int = 0, 
         for name, path in (config.get("upstreams") or {}).items()
     }
     single = next(iter(upstreams.values())) if len(upstreams) == 1 else None
+    weights = {
+        name: Path(stack.enter_context(ray.train.Checkpoint(uri).as_directory())) / STATE_FILE
+        for name, uri in (config.get("pretrained") or {}).items()
+    }
     return StageInputs(
         stage.config.model_validate(config["cfg"]), config["data"], single, config["seed"], rank, world_size,
-        config.get("stages", {}), upstreams, config.get("fold"),
+        config.get("stages", {}), upstreams, config.get("fold"), weights,
     )  # fmt: skip
 
 
