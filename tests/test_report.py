@@ -95,10 +95,12 @@ def test_report_from_planted_runs(store, tmp_path):
 
     summary = pd.read_csv(tmp_path / "r" / "summary.csv").set_index("config")
     ours = summary.loc["interval 0.3-0.6"]
-    std = math.sqrt(((0.80 - 0.81) ** 2 + (0.84 - 0.81) ** 2 + (0.79 - 0.81) ** 2) / 2)
+    squares = (0.80 - 0.81) ** 2 + (0.84 - 0.81) ** 2 + (0.79 - 0.81) ** 2  # 0.0014
+    std, sample_std = math.sqrt(squares / 3), math.sqrt(squares / 2)  # ddof 0 printed, 1 in the CI
     assert ours.n == 3 and ours["mean"] == pytest.approx(0.81) and ours["std"] == pytest.approx(std)
+    assert ours.sample_std == pytest.approx(sample_std) and not ours.ci95_clipped
     assert ours.ci95_high - ours["mean"] == pytest.approx(
-        4.303 * std / math.sqrt(3), rel=1e-3
+        4.303 * sample_std / math.sqrt(3), rel=1e-3
     )  # t(0.975, 2)
     assert ours["finetune/loss mean"] == pytest.approx(0.19)  # every other final metric, too
     assert "finetune/epoch mean" not in summary  # bookkeeping is not summarised
@@ -319,7 +321,104 @@ def test_pruned_trials_are_listed_never_averaged():
     })  # fmt: skip
     finished = trials[trials.status == "FINISHED"]
     table = with_pruned(summary_table(finished, [], {}), trials).set_index("config_id")
-    assert table.loc["a", "n"] == 2 and table.loc["a", "mean"] == pytest.approx(0.6) and table.loc["a", "pruned"] == 0
-    assert table.loc["b", "n"] == 0 and table.loc["b", "pruned"] == 2 and table.loc["b", "pruned_at"] == "6"
+    assert (
+        table.loc["a", "n"] == 2
+        and table.loc["a", "mean"] == pytest.approx(0.6)
+        and table.loc["a", "pruned"] == 0
+    )
+    assert (
+        table.loc["b", "n"] == 0
+        and table.loc["b", "pruned"] == 2
+        and table.loc["b", "pruned_at"] == "6"
+    )
     assert math.isnan(table.loc["b", "mean"])  # a configuration pruned whole: listed, no mean
-    assert table.loc["c", "n"] == 1 and table.loc["c", "mean"] == pytest.approx(0.2)  # 0.95 never averaged in
+    assert table.loc["c", "n"] == 1 and table.loc["c", "mean"] == pytest.approx(
+        0.2
+    )  # 0.95 never averaged in
+
+
+def test_report_renders_the_parents_departures_paper_and_skipped(store, tmp_path, monkeypatch):
+    """The parent's departures.md (as the sweep driver logs it) becomes the report's
+    "Departures from the seed" section: the citation, the ledger's rows, each configuration's
+    flags; the method's paper is named at the top; skipped.txt stays listed; a bounded
+    objective's interval that runs past 1 is shown clipped, with a mark and a footnote."""
+    import dataclasses
+    import html as _html
+    import importlib
+
+    from raysuite.methods.ledger import Departure, Paper, departures_markdown
+    from raysuite.report.sweep_report import DEPARTURES, parse_departures
+    from raysuite.tune.sweep import DEPARTURES as LOGGED
+
+    assert DEPARTURES == LOGGED == "departures.md"  # the name the driver logs under
+    module = importlib.import_module("raysuite.methods.iou_simsiam_seg")
+    paper = Paper("IoU-Based Cropping for Contrastive Pretraining", "A. Author, B. Author",
+                  "Master's thesis, Some University, 2023")  # fmt: skip
+    monkeypatch.setattr(module, "METHOD", dataclasses.replace(module.METHOD, paper=paper))
+    ledger = (
+        Departure("finetune.epochs", "§4.5: 100 epochs", "20 epochs", "device budget"),
+        Departure("val/dice | organs", "§4.4: background included", "both kept", "A | B names"),
+    )
+    flags = {"interval 0.3-0.6": ["not seed 001's design: `pretrain.batch_size` 64 ≠ 128"],
+             "no pretraining": []}  # fmt: skip
+    text = departures_markdown("iou_simsiam_seg", "001", paper, ledger, flags)
+    # Dice near 1 over three seeds: the t-interval runs past 1 and is shown clipped
+    arms = [("interval 0.3-0.6", [0.3, 0.6], [0.99, 0.999, 0.95]), ARMS[1]]
+    parent = plant(store, SPEC, arms=arms)
+    client = MlflowClient(store)
+    track.log_text(client, parent, DEPARTURES, text)
+    track.log_text(client, parent, "skipped.txt", "imagenet arm: weights unavailable (offline)\n")
+
+    parts = parse_departures(text)
+    assert parts["citation"] == paper.cite()
+    assert parts["table"].columns.tolist() == ["item", "the seed", "raysuite", "why"]
+    assert parts["table"].item.tolist() == ["finetune.epochs", "val/dice | organs"]  # \| read back
+    assert parts["table"].why.tolist() == ["device budget", "A | B names"]
+    assert parts["flags"] == [
+        "interval 0.3-0.6: not seed 001's design: `pretrain.batch_size` 64 ≠ 128"
+    ]
+
+    report = report_sweep(client, parse_spec(SPEC), parent, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    row = report.summary.set_index("config").loc["interval 0.3-0.6"]
+    assert row.ci95_high == 1.0 and bool(row.ci95_clipped)
+    assert "<td>1†</td>" in page and "† interval clipped to [0, 1]" in page
+    assert "ddof = 0" in page and "p_t_holm" in page and "Holm-adjusted" in page
+    top, departures = page.split("<h2>Departures from the seed</h2>")
+    assert f"<dd>{_html.escape(paper.cite())}</dd>" in top.split("<h2>")[0]  # named at the top
+    assert "From the parent run's departures.md" in departures
+    assert (
+        "<td>finetune.epochs</td><td>§4.5: 100 epochs</td><td>20 epochs</td><td>device budget</td>"
+        in departures
+    )
+    assert "<td>val/dice | organs</td>" in departures
+    flag = "not seed 001's design: <code>pretrain.batch_size</code> 64 ≠ 128"
+    assert f"<li>interval 0.3-0.6: {flag}</li>" in departures
+    assert "<h2>Skipped configurations</h2>" in top
+    assert "<li>imagenet arm: weights unavailable (offline)</li>" in top
+    assert "departures.md" in {a.path for a in client.list_artifacts(parent)}
+
+
+def test_report_without_departures_md_computes_them_from_the_spec(store, tmp_path):
+    """A parent older than the ledger: the section is the spec's own departures, and says so;
+    the paper line names the method's paper (or says it names none)."""
+    import html as _html
+
+    from raysuite.departures import departures_of
+    from raysuite.methods import METHODS
+    from raysuite.report.sweep_report import parse_departures
+
+    parent = plant(store, SPEC)
+    report_sweep(MlflowClient(store), parse_spec(SPEC), parent, tmp_path / "r")
+    page = (tmp_path / "r" / "report.html").read_text()
+    section = page.split("<h2>Departures from the seed</h2>")[1]
+    assert (
+        "Computed from the spec and the method's ledger: the parent run carries no departures.md"
+        in section
+    )
+    expected = parse_departures(departures_of(parse_spec(SPEC)).markdown())
+    for item in expected["table"].get("item", []):
+        assert f"<td>{_html.escape(item)}</td>" in section
+    paper = METHODS["iou_simsiam_seg"].paper
+    assert (_html.escape(paper.title) if paper else "the method names no paper") in page
+    assert "<h2>Skipped configurations</h2>" not in page

@@ -11,7 +11,7 @@ import pandas as pd
 def label_fraction_curve(
     trials: pd.DataFrame, pool_param: str, metric: str, out: Path, value: str = "objective"
 ) -> Path | None:
-    """Seed 000's figure: the metric (mean ± std over repeats) against the fraction of the
+    """Seed 000's figure: the metric (mean ± std over repeats, ddof = 0) against the fraction of the
     training set that stays labelled (1 - pool fraction); the pool-0 configuration (no
     pretraining, everything labelled) is drawn as the baseline line with its ± std band.
 
@@ -23,8 +23,13 @@ def label_fraction_curve(
     if trials.empty or column not in trials or value not in trials:
         return None
     done = trials.dropna(subset=[value]).copy()
-    done["labelled"] = 1.0 - done[column].map(lambda v: float(json.loads(v)) if isinstance(v, str) else float(v))
-    stats = done.groupby("labelled")[value].agg(["mean", "std", "count"]).reset_index().sort_values("labelled")
+    done["labelled"] = 1.0 - done[column].map(
+        lambda v: float(json.loads(v)) if isinstance(v, str) else float(v)
+    )
+    stats = done.groupby("labelled")[value].agg(
+        mean="mean", std=lambda v: v.std(ddof=0), count="count"
+    )
+    stats = stats.reset_index().sort_values("labelled")
     stats["std"] = stats["std"].fillna(0.0)
     import matplotlib
 
@@ -38,10 +43,12 @@ def label_fraction_curve(
     base = stats[stats.labelled == 1.0]
     if len(base):
         m, s = float(base["mean"].iloc[0]), float(base["std"].iloc[0])
-        ax.axhline(m, color="k", ls="--", label=f"baseline, all labelled (n={int(base['count'].iloc[0])})")
+        ax.axhline(
+            m, color="k", ls="--", label=f"baseline, all labelled (n={int(base['count'].iloc[0])})"
+        )
         ax.axhspan(m - s, m + s, color="k", alpha=0.1)
     ax.set_xlabel("fraction of the training set labelled")
-    ax.set_ylabel(f"{metric} (mean ± std over repeats)")
+    ax.set_ylabel(f"{metric} (mean ± std over repeats, ddof = 0)")
     ax.set_xlim(0, 1.05)
     ax.legend(fontsize=8)
     fig.tight_layout()

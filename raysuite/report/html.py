@@ -20,13 +20,19 @@ th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #f6f6f6; color: #555; }
 .note { color: #555; font-size: 12px; } img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }
+code { font-size: 12px; background: #f3f3f3; padding: 0 2px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; } dt { font-weight: 600; }
 """
 
 
+def number(value: float) -> str:
+    """A number as the tables print it: 4 significant digits, empty for NaN."""
+    return "" if math.isnan(value) else (f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}")
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else (f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}")
+        return number(value)
     return html.escape(str(value))
 
 

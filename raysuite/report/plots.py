@@ -41,7 +41,8 @@ def config_bars(
     summary: pd.DataFrame, trials: pd.DataFrame, metric: str, baselines: Sequence[str], out: Path
 ) -> Path | None:
     """Horizontal bars, one per configuration in ``summary`` order: mean with its 95 % CI
-    (no bar when n = 1), repeats as dots, baseline configurations in grey."""
+    as ``summary`` holds it (a bounded metric's clipped to its range; no bar when n = 1),
+    repeats as dots, baseline configurations in grey."""
     if summary.empty:
         return None
     plt = _pyplot()

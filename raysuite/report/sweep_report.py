@@ -2,16 +2,21 @@
 parent run when it ends (the same files, by the same code).
 
 Files, in ``out`` and as the parent run's artifacts:
-``summary.csv`` (one row per configuration: n, mean, std, 95 % CI of the objective and of
-every other final metric, GPU/CPU-hours, cost), ``comparison.csv`` (each configuration vs
-its baseline, paired t and Wilcoxon over shared seeds/folds), ``trials.csv`` (one row per
-trial with its cost), the method's own tables (Figure 5.1, Table 1, ...), the plots, and
-``report.html`` holding all of it. Cost totals and trial counts also go to the parent
+``summary.csv`` (one row per configuration: n, mean, std (ddof = 0), 95 % CI of the
+objective and of every other final metric, a bounded metric's CI clipped to [0, 1],
+GPU/CPU-hours, cost), ``comparison.csv`` (each configuration vs its baseline, paired t and
+Wilcoxon over shared seeds/folds, Holm-adjusted across the configurations compared),
+``trials.csv`` (one row per trial with its cost), the method's own tables (Figure 5.1,
+Table 1, ...), the plots, and ``report.html`` holding all of it: the method's paper at the
+top, the skipped configurations, and the "Departures from the seed" the parent run's
+``departures.md`` records (the method's ledger and every value of the sweep that differs
+from the seed's design). Cost totals and trial counts also go to the parent
 (``cost/*``, ``trials/finished``, ``trials/failed``).
 """
 
 from __future__ import annotations
 
+import html as _html
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,8 +25,10 @@ from typing import Any
 
 import pandas as pd
 
+from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.report import html, plots
+from raysuite.report.stats import bounds_of
 from raysuite.report.tables import (
     STATS,
     baseline_comparison,
@@ -36,13 +43,18 @@ from raysuite.spec import LogUniform, Spec
 from raysuite.track import mlflow_runs as track
 
 COLLAPSE = "pretrain/collapse"
+DEPARTURES = "departures.md"  # the parent run's ledger (raysuite.tune.sweep.DEPARTURES)
+SKIPPED = "skipped.txt"
+CLIP_MARK = "†"
 
 
 @dataclass
 class SweepRuns:
     """A sweep as its MLflow runs hold it. ``trials``: :func:`track.child_table` with the
     objective column renamed ``objective``; ``histories``: run_id -> [(epoch, value)] of the
-    objective metric; ``collapse``: the same for ``pretrain/collapse``."""
+    objective metric; ``collapse``: the same for ``pretrain/collapse``; ``skipped``: the
+    lines of the parent's ``skipped.txt``; ``departures``: the parent's ``departures.md``
+    (None when it has none: a sweep older than the ledger)."""
 
     parent_id: str
     experiment: str
@@ -51,6 +63,7 @@ class SweepRuns:
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     collapse: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    departures: str | None = None
 
 
 @dataclass
@@ -77,10 +90,11 @@ def fetch(client: Any, spec: Spec, parent_id: str) -> SweepRuns:
     collapse = (
         {r: track.metric_history(client, r, COLLAPSE) for r in runs} if COLLAPSE in metrics else {}
     )
-    skipped = (track.read_text(client, parent_id, "skipped.txt") or "").splitlines()
+    skipped = (track.read_text(client, parent_id, SKIPPED) or "").splitlines()
+    departures = track.read_text(client, parent_id, DEPARTURES)
     info = track.run_info(client, parent_id)
     return SweepRuns(parent_id, info["experiment"], trials, [m for m in metrics if m != column],
-                     histories, collapse, [s for s in skipped if s])  # fmt: skip
+                     histories, collapse, [s for s in skipped if s], departures)  # fmt: skip
 
 
 def baseline_of(spec: Spec) -> str | dict[str, Any]:
@@ -97,7 +111,9 @@ def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
     resources = spec.resources.model_dump()
     metric = spec.objective.column
     summary = (
-        summary_table(finished, runs.metrics, resources) if not finished.empty else pd.DataFrame()
+        summary_table(finished, runs.metrics, resources, spec.objective.metric)
+        if not finished.empty
+        else pd.DataFrame()
     )
     if not summary.empty:
         summary = summary.sort_values(
@@ -136,7 +152,11 @@ def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
 def _trial_table(trials: pd.DataFrame, resources: dict[str, Any]) -> pd.DataFrame:
     if trials.empty:
         return pd.DataFrame()
-    columns = [c for c in ("run_id", "config", "repeat", "status", "pruned", "failure", "objective") if c in trials]
+    columns = [
+        c
+        for c in ("run_id", "config", "repeat", "status", "pruned", "failure", "objective")
+        if c in trials
+    ]
     return pd.concat([trials[columns], trial_cost(trials, resources)], axis=1)
 
 
@@ -195,6 +215,7 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
     status = runs.trials.status.value_counts().to_dict() if not runs.trials.empty else {}
     facts = {
         "experiment": runs.experiment, "parent run": runs.parent_id, "method": f"{spec.method} (seed {METHODS[spec.method].seed})",
+        "paper": paper.cite() if (paper := METHODS[spec.method].paper) else "(the method names no paper)",
         "objective": f"{spec.objective.column} ({spec.objective.mode})",
         "trials": ", ".join(f"{n} {s.lower()}" for s, n in sorted(status.items())) or "none",
         "baseline": f"{baseline}" + ("" if bases else " (no configuration of this sweep matches it)"),
@@ -206,14 +227,23 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
         facts["skipped"] = "; ".join(runs.skipped)
     highlight = [i for i, cid in enumerate(summary.get("config_id", [])) if cid in bases]
     sections = [
-        ("Configurations", f'<p class="note">{spec.objective.column}: mean, sample std and the 95 % t-interval '
-         "of the mean over repeats, and the device-hours of the configuration's trials; grey rows are the "
-         "baseline.</p>" + html.table(_main_columns(summary), highlight)),
-        ("Other final metrics", '<p class="note">Mean ± std over the same repeats.</p>'
+        ("Configurations", f'<p class="note">{spec.objective.column}: mean, std (population, ddof = 0, as '
+         "the seeds' tables print it) and the 95 % t-interval of the mean over repeats (Student's t on the "
+         "sample std, ddof = 1), and the device-hours of the configuration's trials; grey rows are the "
+         "baseline.</p>" + html.table(_main_columns(summary), highlight)
+         + _clip_note(summary, spec.objective.column, spec.objective.metric)),
+    ]  # fmt: skip
+    if runs.skipped:
+        sections.append(("Skipped configurations", '<p class="note">Refused before any trial, with the '
+                         "reason (never trained in their place).</p>" + _bullets(runs.skipped)))  # fmt: skip
+    sections += [
+        ("Other final metrics", '<p class="note">Mean ± std (ddof = 0) over the same repeats.</p>'
          + html.table(_other_metrics(summary), highlight)),
         ("Against the baseline", '<p class="note">Paired over the seeds/folds both configurations finished: '
          "paired t-test and Wilcoxon signed-rank (two-sided; with 5 pairs or fewer Wilcoxon cannot go below "
-         "p = 0.0625).</p>" + html.table(comparison)),
+         "p = 0.0625). p_t_holm and p_wilcoxon_holm: each test's p-values Holm-adjusted (step-down) across "
+         "the configurations compared.</p>" + html.table(comparison)),
+        ("Departures from the seed", _departures_section(spec, runs.departures)),
     ]  # fmt: skip
     for path in method_files:
         if path.suffix == ".csv":
@@ -224,8 +254,107 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
 
 
 def _main_columns(summary: pd.DataFrame) -> pd.DataFrame:
+    """The objective's columns; a clipped interval's ends carry :data:`CLIP_MARK`."""
     keep = ("config", *STATS, "pruned", "pruned_at", "min", "max", "gpu_hours", "cpu_hours", "cost")
-    return summary[[c for c in keep if c in summary]]
+    table = summary[[c for c in keep if c in summary]]
+    if "ci95_clipped" in summary and summary["ci95_clipped"].fillna(False).astype(bool).any():
+        table = table.astype({"ci95_low": object, "ci95_high": object})
+        for i in summary.index[summary["ci95_clipped"].fillna(False).astype(bool)]:
+            for end in ("ci95_low", "ci95_high"):
+                table.at[i, end] = html.number(summary.at[i, end]) + CLIP_MARK
+    return table
+
+
+def _clip_note(summary: pd.DataFrame, column: str, metric: str) -> str:
+    """The footnote of clipped intervals (empty when none was)."""
+    bounds = bounds_of(metric)
+    if (
+        bounds is None
+        or "ci95_clipped" not in summary
+        or not summary["ci95_clipped"].fillna(False).astype(bool).any()
+    ):
+        return ""
+    low, high = bounds
+    return (f'<p class="note">{CLIP_MARK} interval clipped to [{low:g}, {high:g}]: {_html.escape(column, quote=False)} '
+            "is bounded, and the t-interval of the mean ran past the bound.</p>")  # fmt: skip
+
+
+def _bullets(lines: list[str]) -> str:
+    """``lines`` as an HTML list; Markdown ``code`` spans become ``<code>``."""
+    return "<ul>" + "".join(f"<li>{_inline(line)}</li>" for line in lines) + "</ul>"
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _html.escape(text, quote=False))
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table row (``\\|`` is a literal bar)."""
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def parse_departures(text: str) -> dict[str, Any]:
+    """``departures.md`` (:func:`raysuite.methods.ledger.departures_markdown`) back to its
+    parts: ``title``, ``citation``, ``table`` (the ledger: item, the seed, raysuite, why),
+    ``notes`` (other lines of the ledger part, e.g. "declares no departures"), ``flags``
+    (the bullet lines of "Values of this sweep that differ from the seed's design") and
+    ``flags_note`` (that part's other lines, e.g. "None: ...")."""
+    out: dict[str, Any] = {"title": "", "citation": "", "table": pd.DataFrame(), "notes": [],
+                           "flags": [], "flags_note": []}  # fmt: skip
+    rows: list[list[str]] = []
+    in_flags = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("## "):
+            in_flags = True
+        elif line.startswith("# ") and not out["title"]:
+            out["title"] = line[2:].strip()
+        elif in_flags:
+            if line.startswith(("- ", "* ")):
+                out["flags"].append(line[2:].strip())
+            else:
+                out["flags_note"].append(line)
+        elif line.startswith("|"):
+            if not re.fullmatch(r"\|[\s:|-]*\|?", line):  # not the |---| rule
+                rows.append(_cells(line))
+        elif not out["citation"]:
+            out["citation"] = line
+        else:
+            out["notes"].append(line)
+    if rows:
+        header, *body = rows
+        out["table"] = pd.DataFrame(
+            [r + [""] * (len(header) - len(r)) for r in body], columns=header
+        )
+    return out
+
+
+def _departures_section(spec: Spec, text: str | None) -> str:
+    """The parent run's ``departures.md`` as HTML: the citation, the ledger's table and the
+    sweep's values that differ from the seed's design. A parent without one (a sweep older
+    than the ledger) gets the same computed from ``spec`` and the method's current ledger,
+    and says so."""
+    source = f"From the parent run's {DEPARTURES}"
+    if text is None:
+        text = departures_of(spec).markdown()
+        source = f"Computed from the spec and the method's ledger: the parent run carries no {DEPARTURES}"
+    parts = parse_departures(text)
+    body = [f'<p class="note">{_html.escape(source, quote=False)}. Every place raysuite departs from '
+            "the seed (the method's ledger), then each configuration's values that differ from the "
+            "seed's design.</p>"]  # fmt: skip
+    if parts["citation"]:
+        body.append(f"<p>{_inline(parts['citation'])}</p>")
+    if not parts["table"].empty:
+        body.append(html.table(parts["table"]))
+    body += [f"<p>{_inline(n)}</p>" for n in parts["notes"]]
+    body.append("<h3>Values of this sweep that differ from the seed's design</h3>")
+    if parts["flags"]:
+        body.append(_bullets(parts["flags"]))
+    body += [f"<p>{_inline(n)}</p>" for n in parts["flags_note"]]
+    return "\n".join(body)
 
 
 def _other_metrics(summary: pd.DataFrame) -> pd.DataFrame:

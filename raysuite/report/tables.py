@@ -3,10 +3,12 @@ gives them (one row per trial: ``config_id``, ``config``, ``repeat``, ``status``
 ``start_time``/``end_time`` in ms, ``param.*`` as JSON text, the objective renamed
 ``objective`` and every other final metric under its own name).
 
-- :func:`summary_table`: one row per configuration, n, mean, std and 95 % CI of the
-  objective and of every other final metric, and its GPU/CPU-hours and cost.
+- :func:`summary_table`: one row per configuration, n, mean, std (ddof = 0) and 95 % CI of
+  the objective and of every other final metric (a bounded metric's CI clipped to its
+  range, flagged), and its GPU/CPU-hours and cost.
 - :func:`baseline_comparison`: each configuration against its baseline, paired over the
-  repeats (seeds / folds) both ran.
+  repeats (seeds / folds) both ran, with Holm-adjusted p-values across the configurations
+  compared.
 - :func:`trial_cost` / :func:`sweep_cost`: device-hours from wall time and reservations.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from raysuite.report.stats import describe, paired
+from raysuite.report.stats import bounds_of, clip_interval, describe, holm, paired
 from raysuite.report.summary import mean_std_text
 
 # Bookkeeping a trial reports every epoch: summarising it over repeats says nothing.
@@ -72,25 +74,42 @@ def sweep_cost(trials: pd.DataFrame, resources: Mapping[str, Any]) -> dict[str, 
     return {k: float(cost[k].sum()) for k in cost}
 
 
+def bounded_describe(values: list[float], metric: str | None) -> dict[str, Any]:
+    """:func:`~raysuite.report.stats.describe` of ``values`` with the CI clipped to the
+    range of ``metric`` when it is bounded (:func:`~raysuite.report.stats.bounds_of`);
+    ``ci95_clipped`` says whether the clip moved an end."""
+    d: dict[str, Any] = describe(values)
+    low, high, clipped = clip_interval(
+        d["ci95_low"], d["ci95_high"], bounds_of(metric) if metric else None
+    )
+    return {**d, "ci95_low": low, "ci95_high": high, "ci95_clipped": clipped}
+
+
 def summary_table(
-    trials: pd.DataFrame, metrics: list[str], resources: Mapping[str, Any]
+    trials: pd.DataFrame,
+    metrics: list[str],
+    resources: Mapping[str, Any],
+    objective: str | None = None,
 ) -> pd.DataFrame:
     """One row per configuration of the finished ``trials``: ``config_id``, ``config``,
-    the objective's n, mean, std, min, max, ci95_low, ci95_high and ``mean ± std`` text,
-    ``<metric> mean|std|ci95_low|ci95_high`` for every metric of :func:`summarised_metrics`,
-    and the configuration's ``gpu_hours``, ``cpu_hours`` (and ``cost``)."""
+    the objective's n, mean, std (ddof = 0), sample_std (ddof = 1), min, max, ci95_low,
+    ci95_high (the t-interval of the mean, clipped to [0, 1] when ``objective``, the
+    objective's metric name, is bounded), ``ci95_clipped`` and ``mean ± std`` text,
+    ``<metric> mean|std|ci95_low|ci95_high|ci95_clipped`` for every metric of
+    :func:`summarised_metrics` (clipped likewise by its own name), and the configuration's
+    ``gpu_hours``, ``cpu_hours`` (and ``cost``)."""
     cost = trial_cost(trials, resources)
     rows = []
     for (cid, label), group in trials.groupby(["config_id", "config"], sort=False):
         row: dict[str, Any] = {
             "config_id": cid,
             "config": label,
-            **describe(group["objective"].tolist()),
+            **bounded_describe(group["objective"].tolist(), objective),
         }
         row["mean ± std"] = mean_std_text(row["mean"], row["std"], row["n"])
         for metric in summarised_metrics(trials, metrics):
-            d = describe(group[metric].tolist())
-            row.update({f"{metric} {k}": d[k] for k in STATS[1:]})
+            d = bounded_describe(group[metric].tolist(), metric)
+            row.update({f"{metric} {k}": d[k] for k in (*STATS[1:], "ci95_clipped")})
         row.update(cost.loc[group.index].sum().drop("wall_h").to_dict())
         rows.append(row)
     return pd.DataFrame(rows)
@@ -102,11 +121,15 @@ def with_pruned(summary: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     the rungs it stopped them at. A configuration pruned whole gets a row with n = 0: it is
     listed, and its trials are never averaged with complete ones."""
     killed = trials[trials.status == "KILLED"] if "status" in trials else trials.iloc[:0]
-    out = summary.copy() if not summary.empty else pd.DataFrame(columns=["config_id", "config", "n"])
+    out = (
+        summary.copy() if not summary.empty else pd.DataFrame(columns=["config_id", "config", "n"])
+    )
     out["pruned"] = 0
     out["pruned_at"] = ""
     for (cid, label), group in killed.groupby(["config_id", "config"], sort=False):
-        rungs = ",".join(sorted({str(r) for r in group.get("pruned", pd.Series(dtype=str)).dropna()}))
+        rungs = ",".join(
+            sorted({str(r) for r in group.get("pruned", pd.Series(dtype=str)).dropna()})
+        )
         if cid not in set(out.config_id):
             out.loc[len(out), ["config_id", "config", "n"]] = [cid, label, 0]
         where = out.config_id == cid
@@ -161,13 +184,27 @@ def _key(value: Any) -> str:
     )
 
 
+def _likeness(params: pd.DataFrame, varied: list[str], cid: str, base: str) -> tuple[int, ...]:
+    """How like configuration ``base`` is ``cid``: the settings both share, counted first
+    among the settings the sweep varies least (task, encoder), then among the rest (an arm's
+    own epochs or batch), so a tie on the count alone never pairs genesis VGG-16 on MURA
+    with scratch ResNet-50 on MURA because their schedules happen to agree."""
+    by_values: dict[int, int] = {}
+    for c in varied:
+        n = params[c].map(_key).nunique()
+        by_values[n] = by_values.get(n, 0) + (_key(params.at[cid, c]) == _key(params.at[base, c]))
+    return tuple(by_values[n] for n in sorted(by_values))
+
+
 def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any]) -> pd.DataFrame:
     """Every non-baseline configuration against the baseline configuration most like it
     (equal on the most other settings: genesis VGG-16 on LUNA16 meets scratch VGG-16 on
     LUNA16), paired over the repeats (``repeat``: seeds and fold) both finished.
 
     Columns: config, baseline, n_pairs, mean, baseline_mean (over the pairs), mean_diff,
-    t, p_t, w, p_wilcoxon (:func:`raysuite.report.stats.paired`). Empty when no
+    t, p_t, w, p_wilcoxon (:func:`raysuite.report.stats.paired`), and ``p_t_holm``,
+    ``p_wilcoxon_holm``: each test's p-value Holm-adjusted across the configurations
+    compared (:func:`raysuite.report.stats.holm`; one family per test). Empty when no
     configuration is the baseline."""
     bases = baseline_configs(trials, baseline)
     if not bases:
@@ -179,10 +216,7 @@ def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any])
     for cid in labels.index:
         if cid in bases:
             continue
-        same = {
-            b: sum(_key(params.at[cid, c]) == _key(params.at[b, c]) for c in varied) for b in bases
-        }
-        base = max(bases, key=lambda b: same[b])
+        base = max(bases, key=lambda b: _likeness(params, varied, cid, b))
         mine = trials[trials.config_id == cid].groupby("repeat")["objective"].mean()
         theirs = trials[trials.config_id == base].groupby("repeat")["objective"].mean()
         shared = mine.index.intersection(theirs.index)
@@ -190,4 +224,8 @@ def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any])
         rows.append({"config": labels[cid], "baseline": labels[base], "n_pairs": test["n_pairs"],
                      "mean": float(mine[shared].mean()), "baseline_mean": float(theirs[shared].mean()),
                      **{k: test[k] for k in ("mean_diff", "t", "p_t", "w", "p_wilcoxon")}})  # fmt: skip
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out.insert(out.columns.get_loc("w"), "p_t_holm", holm(out["p_t"].tolist()))
+        out["p_wilcoxon_holm"] = holm(out["p_wilcoxon"].tolist())
+    return out
