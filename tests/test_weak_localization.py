@@ -1,16 +1,20 @@
 """weak_localization (seed 003): the fold / unannotated split, spec checks and stage keys,
 the Table 1 report, and a TINY run whose localisation beats constant predictors."""
 
+import re
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from raysuite.methods import METHODS
 from raysuite.methods import weak_localization as wl
+from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.loc_metrics import localisation_table
-from raysuite.plan import POINT, decode, grid_config_count, grid_points, plan, repeat_points
+from raysuite.methods.nn.pretrained import Need
+from raysuite.plan import POINT, decode, grid_points, plan, point_indices, repeat_points
 from raysuite.spec import SpecError, load_spec, resolve_stage_configs
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
@@ -69,7 +73,7 @@ def test_folds_cover_the_annotated_images_and_draws_are_nested(data):
 
 def test_arms_grid_and_folds_plan_and_keys(spec_path):
     spec = load_spec(spec_path)
-    plans = [plan(spec, *decode(spec, {POINT: i})) for i in range(grid_config_count(spec))]
+    plans = [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
     assert len(plans) == 2 * 2 * 2
     assert {p.label.split(",")[0] for p in plans} == {"ours", "li_base"}
     ours = [p for p in plans if p.label.startswith("ours")]
@@ -173,8 +177,8 @@ def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):
     assert list(table.columns[-9:]) == [*wl.BOX_CLASSES, "mean"]
     iou = table[table.accuracy == "IoU"].iloc[0]
     assert (
-        iou["Nodule"] == "0.5000 ± 0.1414"
-        and iou["mean"] == "0.6000 ± 0.1414"
+        iou["Nodule"] == "0.5000 ± 0.1000"  # folds 0.4, 0.6: population std (ddof 0) 0.1
+        and iou["mean"] == "0.6000 ± 0.1000"  # objective 0.5, 0.7
         and iou["folds"] == 2
     )
     assert pd.isna(iou["Pneumothorax"])  # no fold evaluated it: the column stays, empty
@@ -227,3 +231,49 @@ def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):
     assert report["crf/tau_mean"] == pytest.approx(
         taus[-1]
     )  # the CRF continues with the fitted thresholds
+
+
+def _backbone_key(key: str) -> str:
+    """A plain ResNet key as the anti-aliased backbone holds it: each strided shortcut
+    ``downsample.{0,1}`` moved behind its BlurPool (``downsample.{1,2}``)."""
+    return re.sub(r"\.downsample\.(\d)\.", lambda m: f".downsample.{int(m[1]) + 1}.", key)
+
+
+@pytest.mark.parametrize("antialias", [True, False])  # the seed's model and Li et al.'s start alike
+def test_imagenet_weights_are_the_backbones_start(pretrained_cache, antialias):
+    assert wl.TrainConfig().weights == "imagenet" and METHOD.tiny["train"]["weights"] == "none"
+    # a state dict where torchvision caches ResNet18_Weights.IMAGENET1K_V1
+    placed = pretrained_cache.place("resnet18")
+    inp = METHOD.tiny_inputs(
+        "train", {}, {"train": {"weights": "imagenet", "antialias": antialias}}
+    )
+    assert METHOD.pretrained(inp.stages) == [Need("train.weights", "resnet18")]
+    backbone = wl.train_model(inp).backbone.state_dict()
+    kept = {k: v for k, v in placed.items() if not k.startswith("fc.")}
+    assert len(kept) > 100
+    for key, tensor in kept.items():
+        assert torch.equal(backbone[_backbone_key(key) if antialias else key], tensor), key
+    scratch = wl.train_model(METHOD.tiny_inputs("train", {})).backbone.state_dict()
+    assert not torch.equal(scratch["layer1.0.conv1.weight"], placed["layer1.0.conv1.weight"])
+
+
+def test_weights_that_do_not_fit_the_backbone_are_refused(pretrained_cache, tmp_path):
+    # a ResNet-34 file where torchvision keeps the ResNet-18 weights: refused, naming the file
+    pretrained_cache.place("resnet18", state=pretrained_cache.state("resnet34"))
+    inp = METHOD.tiny_inputs("train", {}, {"train": {"weights": "imagenet"}})
+    with pytest.raises(
+        ValueError, match=r"resnet18-.*\.pth does not match .*unexpected: \['layer1\.2"
+    ):
+        wl.train_model(inp)
+    bad = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, bad)
+    inp = METHOD.tiny_inputs("train", {}, {"train": {"weights": str(bad)}})
+    with pytest.raises(
+        ValueError, match="wrong.pth does not match .*wrong shape: \\['conv1.weight'\\]"
+    ):
+        wl.train_model(inp)
+    with pytest.raises(pretrained.WeightsUnavailable, match="wrong.pth does not fit resnet18"):
+        pretrained.check_fit("resnet18", bad)  # the sweep driver's check before any trial
+    pretrained_cache.clear()  # not in the cache and nothing is downloaded here: refused, not scratch
+    with pytest.raises(pretrained.WeightsUnavailable, match="not in the cache"):
+        wl.train_model(METHOD.tiny_inputs("train", {}, {"train": {"weights": "imagenet"}}))

@@ -14,6 +14,9 @@ not on norms/biases, batch 32 images x 2 crops (organ-centred with p=0.5), evalu
 10 epochs and every epoch from epoch 90, early stop after 20 epochs without improvement,
 sliding-window inference (roi 96, overlap 0.25), ``val/dice`` (eq. 4.2 per slice, background
 included, mean over slices; ``val/dice_organs`` leaves background out).
+
+Every place this departs from the seed is in :data:`DEPARTURES` (``raysuite plan`` and the
+report list them); :func:`seed_design` gives the seed's own values of the config keys.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from raysuite.data.datasets import ensure_manifest, prepare
 from raysuite.data.formats import flare22
 from raysuite.data.rng import ProcessRng
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.seg_metrics import dice_per_slice, slice_mean_dice
 from raysuite.methods.nn.simsiam import (
@@ -422,31 +426,173 @@ def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     return errors
 
 
+# ------------------------------------------------------------------------- the ledger
+
+
+PAPER = Paper(
+    title="Self-supervised learning for medical diagnosis and imaging",
+    authors="Wojciech Konieczkowicz",
+    venue=(
+        "Master's Thesis, AGH University of Science and Technology, Faculty of Computer Science, "
+        "Electronics and Telecommunications, Institute of Computer Science "
+        "(supervisor: prof. dr hab. inż. Bogdan Kwolek)"
+    ),
+)
+
+DEPARTURES = (
+    Departure(
+        "pretrain.iou_interval (crop 2's draw)",
+        'Algorithm 1 line 4: "Sample x_2 crop from x" (anywhere on the slice); §4.5: crops '
+        "outside the interval occurred below 0.5 % of pairs, for [0, 0] and [0.6, 1.0] only",
+        "when i_min > 0, crop 2's corner is drawn within ±(crop size - 1) px of crop 1's (clipped "
+        "to the slice), as the authors' code does; when i_min = 0, anywhere",
+        "drawn anywhere on a FLARE22-sized slice, [0.6, 1] falls back for 10-43 % of the pairs, "
+        "not the reported < 0.5 %: the reported rate is the authors' code's (tests/test_crops.py)",
+    ),
+    Departure(
+        "val/dice",
+        "eq. 4.2: Dice of one image's masks; §4.4 gives no average over classes or slices",
+        "per 2-D slice the mean of eq. 4.2 over the classes in its ground truth, background "
+        "included, then the mean over the validation slices (the authors' evaluation); the "
+        "13-organ mean without background is logged as val/dice_organs",
+        "the seed's scores come from the authors' code, whose mean includes background per slice",
+    ),
+    Departure(
+        "pretrain.crop_size, finetune.crop_size",
+        "§4.3: slices padded to at least 96 voxels; §4.5: 96 x 96 inference windows; the crops' "
+        "size is not stated",
+        "96 x 96 crops for pretraining and fine-tuning",
+        "the padding to 96 exists so that a 96 px crop fits, and the inference window is the "
+        "training crop",
+    ),
+    Departure(
+        "SimSiam backbone output",
+        '§4.1: f is "a backbone and a projection MLP head"; the encoder\'s output is not named',
+        "the global average of the Swin encoder's last stage (16 C = 768 channels, after the "
+        "extra patch merging) feeds the projector",
+        "the last stage is the encoder's output, the usual SimSiam input; the seed says no more",
+    ),
+    Departure(
+        "pretrain.weight_decay, finetune.weight_decay (exempt parameters)",
+        "§4.5: weight decay is not applied to batch normalization parameters and biases",
+        "no weight decay on biases and every 1-D parameter: BatchNorm, LayerNorm and InstanceNorm "
+        "scales and shifts",
+        "the Swin encoder normalises with LayerNorm and the decoder with InstanceNorm; exempting "
+        "only BN would decay the encoder's norm scales, which the BN rule is meant to spare",
+    ),
+    Departure(
+        "finetune.drop_path",
+        '§4.5: "Additionally, drop path rate of 0.1 is used for the Swin UNETR backbone", among '
+        "the pretraining settings",
+        "0.1 in pretraining, 0 (MONAI's default) in fine-tuning",
+        'the sentence sits between the pretraining settings and "During fine-tuning, ..."',
+    ),
+    Departure(
+        "finetune.batch_size",
+        "Table 4.1: batch size 32; §4.5: 2 crops are extracted per image in the batch",
+        "32 slices a step, 2 crops each: 64 crops an optimiser step (MONAI's num_samples)",
+        "the crops are drawn per image of the batch, so the 32 counts images",
+    ),
+    Departure(
+        "finetune.pos_fraction",
+        "§4.5: crops whose central pixel is a labelled organ with p = 0.5",
+        "otherwise the centre is a background pixel (MONAI's RandCropByPosNegLabel, pos = neg = 1); "
+        "crops are shifted to lie inside the slice",
+        "the seed names only the organ-centred half",
+    ),
+    Departure(
+        "finetune.split_seed",
+        "§4.3: 15 training and 35 validation cases of the 50 labelled; which ones is not listed",
+        "a seeded shuffle of the labelled cases (split_seed 0): the first 35 validate, the next 15 train",
+        "the seed's assignment is not published",
+    ),
+)
+
+
+def seed_design(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seed 001's own values (Table 4.1, §4.1, §4.2, §4.5) of this configuration; the
+    pretraining's only where it runs (``iou_interval`` not null). The interval itself is
+    what the sweeps compare, so it is not listed."""
+    # §4.2: C = 48, M = 7, 2 Swin blocks a stage, 3 heads doubling each stage; §4.5: AMP
+    swin = {
+        "feature_size": 48,
+        "window_size": 7,
+        "depths": [2, 2, 2, 2],
+        "num_heads": [3, 6, 12, 24],
+    }
+    swin["amp"] = True
+    design: dict[str, Any] = {f"finetune.{k}": v for k, v in swin.items()}
+    design.update({
+        "finetune.epochs": 225, "finetune.batch_size": 32,  # Table 4.1
+        "finetune.lr": 1e-3, "finetune.warmup_epochs": 10, "finetune.final_lr": 5e-5,  # Table 4.1
+        "finetune.weight_decay": 1e-5,  # Table 4.1
+        "finetune.crops_per_image": 2, "finetune.pos_fraction": 0.5,  # §4.5
+        "finetune.eval_every": 10, "finetune.eval_every_epoch_from": 90, "finetune.patience": 20,  # §4.5
+        "finetune.crop_size": 96, "finetune.sw_overlap": 0.25,  # §4.5 sliding window 96 x 96, overlap 0.25
+        "finetune.labelled_cases": 15, "finetune.val_cases": 35,  # §4.3
+    })  # fmt: skip
+    if configs["pretrain"]["iou_interval"] is not None:
+        design.update({f"pretrain.{k}": v for k, v in swin.items()})
+        design.update({
+            "pretrain.epochs": 100, "pretrain.batch_size": 128,  # Table 4.1
+            "pretrain.lr": 0.025, "pretrain.final_lr": 1e-6, "pretrain.momentum": 0.9,  # Table 4.1
+            "pretrain.weight_decay": 1e-5,  # Table 4.1
+            "pretrain.drop_path": 0.1,  # §4.5
+            "pretrain.r1": 30, "pretrain.r2": 4,  # §4.5
+            "pretrain.proj_dim": 2048, "pretrain.pred_dim": 512,  # §4.1
+            "pretrain.max_slices_per_epoch": None,  # §4.3: every unlabelled slice each epoch
+        })  # fmt: skip
+    return design
+
+
 _TINY_NET = {"feature_size": 12, "num_workers": 0}
 METHOD = Method(
     name="iou_simsiam_seg",
     seed="001_a6906726c99d77f3.txt",
     data_format="flare22",
     stages={
-        "pretrain": StageDef("pretrain", PretrainConfig, pretrain_recipe, cacheable=True,
-                             skip=lambda cfg: cfg["iou_interval"] is None),
+        "pretrain": StageDef(
+            "pretrain",
+            PretrainConfig,
+            pretrain_recipe,
+            cacheable=True,
+            skip=lambda cfg: cfg["iou_interval"] is None,
+        ),
         "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
     },  # fmt: skip
     monitor="val/dice",
     tiny={
-        "pretrain": {**_TINY_NET, "crop_size": 32, "proj_dim": 64, "pred_dim": 16, "batch_size": 16},
+        "pretrain": {
+            **_TINY_NET,
+            "crop_size": 32,
+            "proj_dim": 64,
+            "pred_dim": 16,
+            "batch_size": 16,
+        },
         "finetune": {**_TINY_NET, "crop_size": 64, "batch_size": 8, "sw_batch_size": 16},
     },
     smoke={
         "pretrain": {"epochs": 2, "max_slices_per_epoch": 64},
-        "finetune": {"epochs": 3, "labelled_cases": 3, "val_cases": 2, "warmup_epochs": 1,
-                     "eval_every": 1, "patience": None},
+        "finetune": {
+            "epochs": 3,
+            "labelled_cases": 3,
+            "val_cases": 2,
+            "warmup_epochs": 1,
+            "eval_every": 1,
+            "patience": None,
+        },
     },  # fmt: skip
     smoke_cases=5,
     check=check,
     prepare_data=prepare_data,
     manifest_hash=manifest_hash,
     baseline={"pretrain.iou_interval": None},
+    paper=PAPER,
+    departures=DEPARTURES,
+    seed_design=seed_design,
+    # §4.6: a pretraining took 14.9 and a fine-tuning 4.3 GPU hours on average (one V100):
+    # 14.9 h / 100 epochs; 4.3 h / 225 epochs (early stopping shortens some, so this is a floor)
+    epoch_seconds={"pretrain": 14.9 * 3600 / 100, "finetune": 4.3 * 3600 / 225},
     metrics={
         "pretrain": ("pretrain/collapse", "pretrain/iou_fallback_rate"),
         "finetune": ("val/dice", "val/dice_organs", "val/dice_bg", "val/dice_best"),

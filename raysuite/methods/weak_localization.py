@@ -4,7 +4,8 @@ image labels and a few boxes, on ChestX-ray14.
 Stages:
 
 - ``train`` (§3.1-3.2, §4): the base model (ResNet-50 without pooling and classifier,
-  feature map resized to P x P = 20 x 20, conv + BN + ReLU, conv to K = 14 logits) with
+  started from ImageNet weights (``weights: imagenet``, for the seed's model and Li et al.'s
+  alike), feature map resized to P x P = 20 x 20, conv + BN + ReLU, conv to K = 14 logits) with
   BlurPool anti-aliasing before its stride-2 steps (§3.3, ``antialias``), trained with the
   seed's relaxed loss (eq. 12, ``loss: seed``) or Li et al.'s (eqs. 1-3, ``loss: li``).
   Thresholds are per class and either fixed (sweepable, shared or per class) or fitted by
@@ -24,6 +25,9 @@ class) pairs whose detected region (patches with z >= 0.5) reaches IoU >= T or I
 (T = ``loc_threshold``, 0.1), mean over the box classes of the fold, and per class as
 ``val/loc_acc_iou/<class>``; image-level ``val/auc`` per class and mean. The model is the
 last epoch's: the evaluated fold is the seed's test fold, so it selects nothing.
+
+Every place this departs from the seed is in :data:`DEPARTURES` (``raysuite plan`` and the
+report list them); :func:`seed_design` gives the seed's own values of the config keys.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from raysuite.data.cache import ShardCache
 from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import chestxray14 as cxr14
 from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn.cls_metrics import roc_auc
 from raysuite.methods.nn.loc_metrics import localisation_table
 from raysuite.methods.nn.patch_grid import CrfNet, PatchGridNet, blur_backbone
+from raysuite.methods.nn.pretrained import NONE, Need
 from raysuite.methods.nn.weak_loc_losses import (
     FitStatistics,
     Thresholds,
@@ -96,8 +102,10 @@ class TrainConfig(WeakLocStageConfig):
     negative at most one."""
 
     arch: str = "resnet50"  # timm ResNet
-    # a local ImageNet state dict (nothing is downloaded); scratch otherwise
-    weights: str | None = None
+    # §4 "We initialize the weights based on ImageNet pre-training": ``imagenet`` (torchvision's
+    # IMAGENET1K_V1 for resnet50, timm's default tag for other archs), ``none`` (scratch) or
+    # a local state-dict file of plain ``arch``; resolved by the sweep driver (Method.pretrained)
+    weights: str = "imagenet"
     antialias: bool = True  # §3.3 BlurPool before each stride-2 step
     blur_size: int = Field(3, ge=2, le=7)  # binomial filter taps
     image_size: int = Field(512, ge=32)
@@ -121,6 +129,11 @@ class TrainConfig(WeakLocStageConfig):
     # fitted tau - rho (keeps the fit off the degenerate solution tau = rho)
     fit_margin: float = Field(0.25, gt=0, lt=1)
     fit_margin_hat: float = Field(1.0, gt=0)  # fitted tau_hat - rho_hat, in patches
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, value: object) -> object:
+        return NONE if value is None else value  # ``weights: null`` reads as scratch, as before
 
     @field_validator("arch")
     @classmethod
@@ -310,8 +323,9 @@ def _class_boxes(row: dict[str, Any], grid: int) -> dict[int, np.ndarray]:
 # ---------------------------------------------------------------------------- models
 
 
-def base_model(cfg: TrainConfig, weights: str | None = None) -> PatchGridNet:
-    """The base model with ``cfg``'s thresholds as buffers: (B, 1, S, S) -> (B, K, P, P)."""
+def base_model(cfg: TrainConfig, weights: Path | None = None) -> PatchGridNet:
+    """The base model with ``cfg``'s thresholds as buffers: (B, 1, S, S) -> (B, K, P, P).
+    ``weights``: the local ImageNet state dict its backbone starts from (None: scratch)."""
     backbone = blur_backbone(cfg.arch, cfg.antialias, cfg.blur_size, weights)
     model = PatchGridNet(backbone, len(CLASSES), cfg.grid, cfg.head_channels)
     model.thresholds = Thresholds(cfg.threshold_set())
@@ -488,9 +502,17 @@ def grid_evaluation(loader: DataLoader, rows: list[dict[str, Any]], prep: cxr14.
     return loader_evaluation(loader, predict, score)
 
 
+def train_model(inp: StageInputs) -> PatchGridNet:
+    """The ``train`` stage's base model, its backbone started from ``train.weights`` (§4:
+    ImageNet, for the seed's model and Li et al.'s alike): the file the sweep driver
+    resolved, or outside a sweep the library cache's or the given path's."""
+    cfg: TrainConfig = inp.cfg
+    return base_model(cfg, inp.weights_file("weights", cfg.arch))
+
+
 def train_recipe(inp: StageInputs) -> Recipe:
     cfg: TrainConfig = inp.cfg
-    model = base_model(cfg, cfg.weights)
+    model = train_model(inp)
     return _recipe("train", model, list(model.parameters()), cfg, cfg, inp)
 
 
@@ -550,10 +572,194 @@ def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     return []
 
 
-_TINY = {
-    "num_workers": 0,
-    "batch_size": 8,
-}  # (an ImageNet file of the full-size arch would not fit)
+# ------------------------------------------------------------------------- the ledger
+
+
+PAPER = Paper(
+    title="Localization with Limited Annotation for Chest X-rays",
+    authors="Eyal Rozenberg, Daniel Freedman, Alex Bronstein",
+    venue="A preprint, December 17, 2021",
+)
+
+DEPARTURES = (
+    Departure(
+        "train.arch",
+        '§3.1: a preact-ResNet [20] backbone (Li et al.\'s); §4: "We use ResNet-50 as the backbone"',
+        "timm's post-activation ResNet-50, ImageNet weights torchvision's ResNet50_Weights.IMAGENET1K_V1; "
+        "the grey image is repeated to 3 channels; the feature map is resized to P x P bilinearly",
+        "§4 names ResNet-50 with ImageNet pre-training, and the published ImageNet ResNet-50 weights "
+        "are post-activation; the seed names no resize mode",
+    ),
+    Departure(
+        "train.antialias",
+        '§3.3: Zhang\'s blur "prior to every downsampling part in the network" of the preact-ResNet; '
+        "no filter size given",
+        "a binomial BlurPool of train.blur_size = 3 taps before every stride-2 step after the stem "
+        "(max-pool, each block's strided 3x3 conv, each strided 1x1 shortcut); the 7x7 stem conv "
+        "keeps its stride",
+        "Zhang's anti-aliased ResNets leave the stem conv strided (pool_only) and use 3-tap filters "
+        "among their published ones; BlurPool has no weights, so the ImageNet file still loads",
+    ),
+    Departure(
+        "eq. 12 outside term",
+        "eq. 12 prints |b|^-1 ReLU(1^T(I[b̄] ⊙ z) - rho |b|); eq. 9 has |b̄|^-1 ReLU(... - rho |b̄|)",
+        "eq. 9's |b̄| scaling in both places (relaxed_loss)",
+        "eq. 4 and the text after eq. 5 define rho as the share of b̄ that may fire, and only the "
+        "|b̄| scaling keeps both terms in [0, 1] and balanced, the reason §3.2 gives for the scaling",
+    ),
+    Departure(
+        "train.loss: li",
+        "§3.1 Issue 2: Li et al. circumvent the underflow of eq. 1's product \"through a series of "
+        'unjustified heuristics"',
+        "Li et al.'s eqs. 1-3 computed in log space (log-sigmoid and log-softplus sums), without "
+        "their rescaling heuristics",
+        "the log-space form is exact and finite for every logit (NaN-free gradient over [-60, 60]), "
+        "so the heuristics have nothing left to fix",
+    ),
+    Departure(
+        "li_base arm",
+        '§4 Experiments: "We compare our results with those of Li et al."; Table 1\'s ref. rows',
+        # (the seed does not say whether it retrained Li et al.'s model or copied [3]'s numbers)
+        "Li et al.'s model retrained here with the seed's settings (ResNet-50 from ImageNet, P = 20, "
+        "512 px, Adam, batch 48, the same folds and unannotated draw), without BlurPool or CRF",
+        "arms compared differ only in what is compared (loss, BlurPool, CRF); the reference is "
+        "measured on the same folds rather than copied",
+    ),
+    Departure(
+        "train.thresholds",
+        '§4: freeze the thresholds and train the weights, then freeze the weights "and find the '
+        'optimal thresholds", alternating "until convergence"',
+        "every train.alternate_every = 2 epochs of a fixed train.epochs, per class the eq. 12 hinge "
+        "terms are minimised exactly under tau = rho + train.fit_margin (0.25) and tau_hat = "
+        "rho_hat + train.fit_margin_hat (1 patch), on one pass of the frozen network over the "
+        "training images (FitStatistics.fit)",
+        "the loss alone is minimised by the degenerate thresholds §4 warns about (tau -> 0, rho -> 1); "
+        "the margin keeps the fit off them and makes it a convex 1-D problem; the seed gives no "
+        "cadence or convergence test",
+    ),
+    Departure(
+        "train.tau, train.rho, train.tau_hat, train.rho_hat",
+        '§3.2: per-class thresholds, "parameters of the network" or hyperparameters; no values given',
+        "starting values 0.5, 0.02 (shares of b and b̄), 2 and 1 patches, shared by every class",
+        "half the box must fire and at most 2 % of the rest; a positive image needs more than one "
+        "patch of evidence (Issue 1), a negative at most one",
+    ),
+    Departure(
+        "train.gamma",
+        'eq. 11: "gamma is the ratio of positive to negative examples in the data" (one gamma)',
+        "per class k, max(n_pos^k, 1) / n_neg^k over the training images of the fold; 1 for a class "
+        "without negatives; a number given in train.gamma applies to every class",
+        "y^k and the imbalance are per class; a class without training positives would get gamma 0 "
+        "and with it no loss at all (its only terms are gamma-weighted negatives), so it is weighted "
+        "as if it had one positive, continuous with n_pos = 1",
+    ),
+    Departure(
+        "train.epochs, crf.epochs",
+        '§3.3: the base model is trained "until converges", then the CRF; no epoch counts',
+        "30 epochs for train, 10 for crf",
+        "the seed gives none",
+    ),
+    Departure(
+        "train.lr_decay",
+        '§4: "exponentially decaying learning-rate, initialized to 0.001"; no rate',
+        "lr 1e-3 x 0.95 per epoch (stepped per iteration), for each stage",
+        "the seed gives no rate",
+    ),
+    Departure(
+        "train.head_channels",
+        '§3.1: "two convolutional layers (including batch normalization and ReLU)" to K channels; '
+        "no width or kernel sizes",
+        "conv 3x3 to 512 channels + BN + ReLU, then conv 1x1 to K = 14",
+        "the seed gives none",
+    ),
+    Departure(
+        "crf",
+        '§3.3: the PAC-CRF is integrated "and train[ed] end-to-end", then: train the base until it '
+        "converges, freeze it and train only the PAC-CRF (19 x 19); Figure 3: the feature branch "
+        '"extracts features from the input images"; no mean-field steps or branch width',
+        "two stages (train, then crf on the frozen base); the feature branch (two convs, each "
+        "followed by ReLU and BN, to K channels) reads the frozen backbone's grid features; "
+        "crf.steps = 5 mean-field steps, crf.hidden = 256; the message is averaged over the "
+        "window taps; W starts at zero",
+        "§3.3's training regime is explicit; with the base frozen its features cost nothing and "
+        "are already on the P x P grid; summed over 19 x 19 taps one Adam step would wipe out "
+        "the converged unary",
+    ),
+    Departure(
+        "val/loc_acc_ior",
+        '§4: IoR ("Intersection-over-Region") is not defined',
+        "intersection over the detected region, |D ∩ B| / |D| (0 when nothing is detected)",
+        "Li et al.'s definition, whose practice §4 follows (as Wang et al.'s IoBB)",
+    ),
+    Departure(
+        "val/loc_acc_iou (the objective)",
+        "Table 1 reports each of the 8 box classes",
+        "the mean over the box classes of the fold is the objective; each class is logged as "
+        "val/loc_acc_iou/<class> and tabled in table_1.csv",
+        "a search needs one number",
+    ),
+    Departure(
+        "data.split (folds)",
+        "§4: 5-fold cross validation of the annotated samples",
+        "the 5 folds are cut by patient (no patient on both sides)",
+        "images of one patient in both train and test folds would leak",
+    ),
+    Departure(
+        "train.unannotated_fraction",
+        '§4 setting (b): "20% of the unannotated samples, representing about 20K samples (selected '
+        'randomly)"',
+        "round(f N) of the N images without a box in one seeded order (nested across f), skipping "
+        "patients of the evaluated fold",
+        "no patient on both sides of a fold; nested draws make 0 % < 10 % < 20 % comparable",
+    ),
+    Departure(
+        "checkpoint",
+        '§4: results on "the remaining 20% of the annotated samples of each fold"; no validation '
+        "split or model selection named",
+        "each stage's last epoch is kept; the evaluated fold selects nothing",
+        "the evaluated fold is the seed's test set: picking an epoch on it would inflate the score",
+    ),
+)
+
+
+def seed_design(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seed 003's own values (§4 "Training Details", §3.3) of this configuration: the seed's
+    model for ``train.loss: seed``, Li et al.'s base model (as Table 1's ref.) for ``li``;
+    the CRF stage's only where it runs."""
+    design: dict[str, Any] = {
+        "train.arch": "resnet50",  # §4 "We use ResNet-50 as the backbone"
+        "train.weights": "imagenet",  # §4 "initialize the weights based on ImageNet pre-training"
+        "train.image_size": 512,  # §4 Dataset: resized to 512 x 512
+        "train.grid": 20,  # §4 P = 20
+        "train.lambda_ann": 70.0,  # §4
+        "train.lr": 1e-3,  # §4 initialized to 0.001
+        "train.weight_decay": 0.01,  # §4
+        "train.batch_size": 48,  # §4 "We take the batch size to be 48"
+        "train.loc_threshold": 0.1,  # §4 T = 0.1
+        "train.gamma": None,  # eq. 11: the positive-to-negative ratio of the data
+    }
+    if configs["train"]["loss"] == "seed":  # the seed's model: BlurPool, alternation, CRF
+        design.update(
+            {"train.antialias": True, "train.thresholds": "alternate", "crf.enabled": True}
+        )
+    else:  # Li et al.'s base model: no BlurPool, no CRF
+        design.update({"train.antialias": False, "crf.enabled": False})
+    if configs["crf"]["enabled"]:
+        # §3.3 a 19 x 19 PAC filter; §4's training details hold for the CRF's training too
+        design.update(
+            {"crf.size": 19, "crf.batch_size": 48, "crf.lr": 1e-3, "crf.weight_decay": 0.01}
+        )
+        design["crf.loc_threshold"] = 0.1
+    return design
+
+
+def pretrained_needs(configs: dict[str, dict[str, Any]]) -> list[Need]:
+    """The base model's ``train.weights`` (the ``crf`` stage starts from the trained base)."""
+    train = configs["train"]
+    return [] if train["weights"] == NONE else [Need("train.weights", train["arch"])]
+
+
+_TINY = {"num_workers": 0, "batch_size": 8}
 METHOD = Method(
     name="weak_localization",
     seed="003_ed4647cf93637bc5.txt",
@@ -578,11 +784,15 @@ METHOD = Method(
             "grid": 8,
             "head_channels": 64,
             "lr": 3e-3,
+            "weights": NONE,  # CPU tests: no ImageNet file of the tiny arch
         },
         "crf": {**_TINY, "size": 7, "steps": 3, "hidden": 32, "feature_channels": 8, "lr": 3e-3},
     },
     # ~20 annotated training images a fold: batch 4 gives a few steps an epoch per DDP worker
-    smoke={"train": {"epochs": 10, "batch_size": 4, "alternate_every": 3}, "crf": {"epochs": 2, "batch_size": 4}},
+    smoke={
+        "train": {"epochs": 10, "batch_size": 4, "alternate_every": 3},
+        "crf": {"epochs": 2, "batch_size": 4},
+    },
     smoke_cases=60,
     check=check,
     prepare_data=prepare_data,
@@ -591,11 +801,33 @@ METHOD = Method(
     report=report,
     default_folds=cxr14.FOLDS,
     progress_stage="train",
+    paper=PAPER,
+    departures=DEPARTURES,
+    seed_design=seed_design,
+    pretrained=pretrained_needs,
+    # estimate (the seed reports no times): ResNet-50 at 512 px under AMP trains ~230 images/s
+    # on one V100-class GPU; setting (b) has ~23K training images a fold (704 annotated + 20 %
+    # of 111,240 unannotated): ~100 s an epoch (setting (a)'s 704 images: ~3 s; declared for
+    # (b)). crf: the frozen base's forward only, plus the branch and CRF: ~40 s.
+    epoch_seconds={"train": 100.0, "crf": 40.0},
     metrics={
         stage: (
-            *(f"{stage}/{k}" for k in ("loss_ann", "loss_un", "trial/epoch", "val_loc_acc_iou", "val_loc_acc_ior")),
-            *(f"{stage}/{k}" for k in ("tau_mean", "rho_mean", "tau_hat_mean", "rho_hat_mean")),  # loss: seed
-            "val/loc_acc_iou", "val/loc_acc_ior", "val/auc",
+            *(
+                f"{stage}/{k}"
+                for k in (
+                    "loss_ann",
+                    "loss_un",
+                    "trial/epoch",
+                    "val_loc_acc_iou",
+                    "val_loc_acc_ior",
+                )
+            ),
+            *(
+                f"{stage}/{k}" for k in ("tau_mean", "rho_mean", "tau_hat_mean", "rho_hat_mean")
+            ),  # loss: seed
+            "val/loc_acc_iou",
+            "val/loc_acc_ior",
+            "val/auc",
             *(f"val/loc_acc_{score}/{c}" for score in ("iou", "ior") for c in BOX_CLASSES),
             *(f"val/auc/{c}" for c in CLASSES),
         )

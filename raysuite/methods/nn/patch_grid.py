@@ -5,6 +5,8 @@ a PAC-CRF on top (Figure 3).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,7 +16,7 @@ from raysuite.methods.nn.weights import load_imagenet_weights
 
 
 def blur_backbone(
-    arch: str, antialias: bool, blur_size: int, weights: str | None = None
+    arch: str, antialias: bool, blur_size: int, weights: str | Path | None = None
 ) -> nn.Module:
     """timm ResNet ``arch`` without global pooling and classifier: (B, 3, S, S) ->
     (B, C, S/32, S/32) through ``forward_features``.
@@ -24,8 +26,10 @@ def blur_backbone(
     each block's strided 3x3 conv becomes conv (stride 1) + BN + ReLU + blur (timm's
     ``aa_layer``), and each strided 1x1 shortcut becomes blur + 1x1 conv (stride 1). The 7x7
     stem conv keeps its stride, as in Zhang's ResNets (``pool_only``). ``weights``: a local
-    ImageNet state dict of plain ``arch``, loaded before the shortcuts are rebuilt (BlurPool
-    has no weights, so every key still matches).
+    ImageNet state dict file of plain ``arch`` (torchvision's or timm's keys: the recipe gets
+    it from ``StageInputs.weights_file``), loaded before the shortcuts are rebuilt (BlurPool
+    has no weights, so every key still matches). A file whose keys or shapes do not fit
+    ``arch`` raises ``ValueError`` naming it (:func:`~raysuite.methods.nn.weights.load_imagenet_weights`).
     """
     import timm
     from timm.layers import BlurPool2d
