@@ -1,8 +1,11 @@
-"""genesis_cls (seed 002): spec checks and skipped ImageNet arms, one pretraining shared by
-folds and tasks, encoder transfer, the plateau schedule, the task splits and augmentation,
-the Figure 5.1 report, and a TINY run whose restoration loss falls and whose transferred
-classifier beats chance on synthetic LUNA16 patches."""
+"""genesis_cls (seed 002): spec checks, ImageNet arms on torchvision's cached weights (loaded,
+or skipped with the reason), one pretraining shared by folds and tasks, a pool that never
+takes the transfer tasks' held-out data, encoder transfer, the plateau schedule (warm-up
+aside, on the held-out fold or a clean validation part), the task splits, planes and
+augmentation, the Figure 5.1 report and its arms, and a TINY run whose restoration loss
+falls and whose transferred classifier beats chance on synthetic LUNA16 patches."""
 
+import dataclasses
 import textwrap
 
 import numpy as np
@@ -11,16 +14,18 @@ import pytest
 import timm
 import torch
 
+from raysuite import weight_resolution
 from raysuite.methods import METHODS
 from raysuite.methods import genesis_cls as gc
+from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.genesis_models import (
     RestorationUNet,
     TransferClassifier,
     load_imagenet_encoder,
     transfer_encoder,
 )
-from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.spec import SpecError, load_spec, skipped_points
+from raysuite.plan import POINT, decode, plan, point_indices
+from raysuite.spec import SpecError, all_points, load_spec, resolve_stage_configs, skipped_points
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
@@ -38,6 +43,7 @@ data:
     mura: {{format: mura, root: {mura}}}
 stages:
   pretrain: {{pool: {{cxr: {{slices_per_patient: 2}}, brain: {{}}}}{extra}}}
+  finetune: {{amp: false{fine}}}
 search:
   grid: {{pretrain.init: [scratch, genesis, imagenet], finetune.task: [luna16, mura]}}
   repeats: {{fold: 3}}
@@ -52,34 +58,84 @@ def spec_path(tmp_path, genesis_sources):
     pretrain stage."""
     roots = {name: s["root"] for name, s in genesis_sources["sources"].items()}
 
-    def write(extra: str = ""):
+    def write(extra: str = "", fine: str = ""):
         path = tmp_path / "spec.yaml"
         path.write_text(
-            textwrap.dedent(SPEC.format(cache=tmp_path / "cache", extra=extra, **roots))
+            textwrap.dedent(SPEC.format(cache=tmp_path / "cache", extra=extra, fine=fine, **roots))
         )
         return path
 
     return write
 
 
-def test_imagenet_without_weights_is_skipped_with_its_reason(tmp_path, spec_path):
+def _unavailable(spec):
+    """The sweep driver's reason a configuration's weights cannot be had (nothing downloaded)."""
+    return weight_resolution.resolve(spec, None, download=False).reason
+
+
+def test_imagenet_arms_need_only_the_library_cache(spec_path, pretrained_cache):
+    """Without torchvision's cached file the ImageNet arms are skipped with the reason (the
+    generic driver's, not a method rule); once it is where torchvision looks, nothing is."""
     spec = load_spec(spec_path())
-    skipped = skipped_points(spec)
+    skipped = skipped_points(spec, _unavailable(spec))
     assert len(skipped) == 2 and all(p["pretrain.init"] == "imagenet" for p, _ in skipped)
     assert (
-        "pretrain.imagenet_weights.resnet18" in skipped[0][1]
-        and "nothing is downloaded" in skipped[0][1]
+        "finetune.weights=imagenet" in skipped[0][1]
+        and "ResNet18_Weights.IMAGENET1K_V1" in skipped[0][1]
     )
-    assert grid_config_count(spec) == 4 * 3
-    weights = tmp_path / "vgg.pt"
-    weights.write_bytes(b"")
-    spec = load_spec(spec_path(f", imagenet_weights: {{resnet18: {weights}}}"))
-    assert skipped_points(spec) == [] and grid_config_count(spec) == 6 * 3
+    assert "not in the cache" in skipped[0][1]
+    assert len(point_indices(spec, _unavailable(spec))) == 4 * 3
+    assert skipped_points(spec) == []  # the method itself refuses nothing
+    pretrained_cache.place("resnet18")
+    assert skipped_points(spec, _unavailable(spec)) == []
+    assert len(point_indices(spec, _unavailable(spec))) == 6 * 3
+    needs = {
+        p["pretrain.init"]: METHOD.pretrained(resolve_stage_configs(spec, p, where="search"))
+        for p in all_points(spec)
+    }
+    assert needs["scratch"] == needs["genesis"] == [] and needs["imagenet"] == [
+        pretrained.Need("finetune.weights", "resnet18")
+    ]
+
+
+def test_the_imagenet_arm_loads_the_cached_tensors(genesis_sources, tmp_path, pretrained_cache):
+    """The classifier's encoder holds the very tensors placed in torchvision's cache; the
+    dense head is new (not the file's ``fc``)."""
+    data = {**genesis_sources, "cache_dir": str(tmp_path / "cache")}
+    METHOD.prepare_data(data)
+    state = pretrained_cache.place("resnet18")
+    stages = {"pretrain": {"init": "imagenet"}, "finetune": {"task": "mura", "weights": "imagenet"}}
+    inputs = METHOD.tiny_inputs("finetune", data, stages)
+    encoder = METHOD.stages["finetune"].recipe(inputs).model.encoder.state_dict()
+    for key in ("conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight"):
+        assert torch.equal(encoder[key], state[key]), key
+    # the driver's stored copy wins over the cache (a sweep's workers read that copy)
+    other = pretrained_cache.state("resnet18", seed=1)
+    torch.save(other, tmp_path / "stored.pt")
+    stored = dataclasses.replace(inputs, pretrained={"weights": tmp_path / "stored.pt"})
+    encoder = METHOD.stages["finetune"].recipe(stored).model.encoder.state_dict()
+    assert torch.equal(encoder["conv1.weight"], other["conv1.weight"])
+
+
+def test_a_weights_file_that_does_not_fit_the_encoder_is_refused(
+    spec_path, tmp_path, pretrained_cache
+):
+    wrong = tmp_path / "resnet34.pt"
+    torch.save(pretrained_cache.state("resnet34"), wrong)
+    spec = load_spec(spec_path(fine=f", weights: {wrong}"))
+    skipped = skipped_points(spec, _unavailable(spec))
+    assert len(skipped) == 2 and all(
+        "resnet34.pt does not fit resnet18" in reason for _, reason in skipped
+    )
+    with pytest.raises(pretrained.WeightsUnavailable, match="resnet34.pt"):
+        pretrained.check_fit("resnet18", wrong)
+    with pytest.raises(ValueError, match="resnet34.pt"):
+        load_imagenet_encoder(TransferClassifier("resnet18").encoder, "resnet18", wrong)
 
 
 def test_pretraining_is_shared_by_folds_and_tasks_and_absent_for_scratch(spec_path):
     spec = load_spec(spec_path())
-    plans = [plan(spec, *decode(spec, {POINT: i})) for i in range(grid_config_count(spec))]
+    plans = [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
     genesis = [p for p in plans if p.configs["pretrain"]["init"] == "genesis"]
     assert len({p.keys["pretrain"] for p in genesis}) == 1
     assert len({p.keys["finetune"] for p in genesis}) == len(genesis)
@@ -89,17 +145,35 @@ def test_pretraining_is_shared_by_folds_and_tasks_and_absent_for_scratch(spec_pa
 
 
 @pytest.mark.parametrize(
-    ("extra", "key"),
+    ("extra", "fine", "key"),
     [
-        (", norm: instance, init: imagenet", "pretrain.norm"),
-        (", modality_caps: {PET: 4}", "modality_caps"),
-        (", encoder: vit_base", "encoder"),
-        (", imagenet_weights: {resnet18: /no/such/file.pt}", "pretrain.imagenet_weights.resnet18"),
+        (", norm: instance, init: imagenet", "", "pretrain.norm"),
+        (", modality_caps: {PET: 4}", "", "modality_caps"),
+        (", encoder: vit_base", "", "encoder"),
+        (", init: imagenet", ", weights: none", "finetune.weights"),
+        ("", ", planes: []", "planes"),
+        ("", ", val_fraction: 1.0", "val_fraction"),
     ],
 )
-def test_bad_settings_are_refused_naming_the_key(spec_path, extra, key):
+def test_bad_settings_are_refused_naming_the_key(spec_path, extra, fine, key):
     with pytest.raises(SpecError, match=key.replace(".", r"\.")):
-        load_spec(spec_path(extra))
+        load_spec(spec_path(extra, fine))
+
+
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ("luna: {}", "pretrain.pool.luna"),
+        ("mura: {source_splits: [train, valid]}", "pretrain.pool.mura"),
+    ],
+)
+def test_a_pool_entry_with_a_transfer_tasks_held_out_data_is_refused(
+    tmp_path, spec_path, entry, key
+):
+    path = tmp_path / "leak.yaml"
+    path.write_text(spec_path().read_text().replace("brain: {}", f"brain: {{}}, {entry}"))
+    with pytest.raises(SpecError, match=key.replace(".", r"\.") + ".*the data it is tested on"):
+        load_spec(path)
 
 
 def test_a_pool_entry_that_is_no_source_is_refused(tmp_path, spec_path):
@@ -122,9 +196,15 @@ def test_a_task_without_its_source_is_refused(tmp_path, spec_path):
 
 
 def test_shipped_sweeps_load_with_their_design():
+    """Figure 5.1's twelve cells, each an arm (its schedule: tests/test_seed_design_genesis_cls.py)."""
     transfer = load_spec("sweeps/genesis_transfer.yaml")
-    assert transfer.search.grid["pretrain.init"] == ["scratch", "genesis", "imagenet"]
-    assert transfer.search.grid["pretrain.encoder"] == ["vgg16_bn", "resnet50"]
+    cells = {
+        (a["finetune.task"], a["pretrain.encoder"], a["pretrain.init"])
+        for a in transfer.search.arms.values()
+    }
+    assert cells == {(t, e, i) for t in ("luna16", "mura") for e in ("vgg16_bn", "resnet50")
+                     for i in ("scratch", "genesis", "imagenet")}  # fmt: skip
+    assert len(transfer.search.arms) == 12 and not transfer.search.grid
     assert transfer.search.repeats["fold"] == 5
     search = load_spec("sweeps/genesis_search.yaml")
     assert "pretrain.transforms.local_rate" in search.search.optuna.space
@@ -143,13 +223,23 @@ def test_encoder_transfers_with_every_key_and_imagenet_files_map_onto_features(t
         assert k == k2 and torch.equal(a, b)
     full = timm.create_model("vgg11_bn")
     torch.save(full.state_dict(), tmp_path / "vgg11_bn.pt")
-    load_imagenet_encoder(clf.encoder, "vgg11_bn", str(tmp_path / "vgg11_bn.pt"))
+    load_imagenet_encoder(clf.encoder, "vgg11_bn", tmp_path / "vgg11_bn.pt")
     assert torch.equal(
         clf.encoder.state_dict()["features_0.weight"], full.state_dict()["features.0.weight"]
     )
     torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pt")
     with pytest.raises(ValueError, match="r18.pt"):
         load_imagenet_encoder(clf.encoder, "vgg11_bn", str(tmp_path / "r18.pt"))
+
+
+def test_plateau_ignores_the_warm_up_epochs():
+    """§4.2.2: the warm-up trains the head at the initial lr; the plateau counts from the
+    first epoch of every layer (epoch 3 after 2 warm-up epochs)."""
+    plateau = gc.Plateau("val/loss", 0.1, 2, after=2)
+    for epoch, loss in enumerate((1.0, 2.0, 3.0, 3.5, 3.6), start=1):
+        plateau.update({"val/loss": loss, "finetune/epoch": float(epoch)})
+        assert plateau.scale == (0.1 if epoch == 5 else 1.0), epoch
+    assert plateau.best == 3.0
 
 
 def test_plateau_scales_after_patience_and_replays_identically():
@@ -253,10 +343,10 @@ def test_figure_5_1_report(tmp_path):
         ["MURA", "vgg16_bn"],
     ]
     luna = table.iloc[0]
-    assert luna.Scratch == "0.7500 ± 0.0707 (2), best of 2"  # std of (0.7, 0.8): 0.05 * sqrt(2)
+    assert luna.Scratch == "0.7500 ± 0.0500 (2), best of 2"  # population std of (0.7, 0.8)
     assert luna.ImageNet == "0.8500 (n=1)"
     assert luna["Pre-trained"] == "0.9000 ± 0.0000 (2)"
-    assert table.iloc[2]["Pre-trained"] == "0.7000 ± 0.1414 (2)" and table.iloc[2].Scratch == ""
+    assert table.iloc[2]["Pre-trained"] == "0.7000 ± 0.1000 (2)" and table.iloc[2].Scratch == ""
 
 
 def test_tiny_restoration_falls_and_transfer_beats_chance(genesis_sources, tmp_path):
@@ -305,3 +395,79 @@ def test_mura_fold_repeats_are_reruns_with_their_own_seed(genesis_sources, tmp_p
 
     assert torch.equal(head(1), head(1))
     assert not torch.equal(head(0), head(1))
+
+
+def test_the_default_pool_leaves_out_the_transfer_tasks_held_out_data(genesis_sources, tmp_path):
+    """An empty pool takes every source but LUNA16 (each subset is some fold's test set) and
+    MURA's train split only (its valid split is the MURA test set); so does a named MURA
+    entry without source_splits."""
+    data = {**genesis_sources, "cache_dir": str(tmp_path / "cache")}
+    METHOD.prepare_data(data)
+    sources, _ = gc.pool_sources(data, gc.PretrainConfig())
+    assert [s.name for s in sources] == ["cxr14", "flare", "brain", "mura"]
+    mura = next(s for s in sources if s.name == "mura")
+    full, _ = gc.ensure_manifest(gc.source_data(data, "mura"))
+    assert set(full.source_split) == {"train", "valid"} and set(mura.rows.source_split) == {"train"}
+    assert len(mura.rows) == (full.source_split == "train").sum()
+    named, _ = gc.pool_sources(data, gc.PretrainConfig(pool={"mura": {}, "brain": {}}))
+    assert set(named[0].rows.source_split) == {"train"} and len(named) == 2
+    table = gc.pooling.build_pool(sources, seed=0)
+    assert not table.source.eq("luna").any()
+    assert not set(table.path[table.source == "mura"]) & set(
+        full.path[full.source_split == "valid"]
+    )
+
+
+def test_val_fraction_carves_a_validation_part_by_patient_and_drives_the_plateau(
+    genesis_sources, tmp_path
+):
+    data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
+    cfg = gc.FinetuneConfig(val_fraction=0.25, image_size=64)
+    train, held, part = gc.task_datasets(data, 1, cfg)
+    assert part is not None and len(part.ids) > 0
+    rows, _ = gc.ensure_manifest(data)
+    patients = rows.set_index("sample_id").patient_key
+    assert not set(patients[train.ids]) & set(patients[part.ids])
+    assert not set(part.ids) & set(held.ids)  # the held-out fold stays whole
+    clean, held_again, none = gc.task_datasets(data, 1, gc.FinetuneConfig(image_size=64))
+    assert none is None and held_again.ids == held.ids
+    assert sorted(clean.ids) == sorted(train.ids + part.ids)
+    share = len(part.ids) / (len(part.ids) + len(train.ids))
+    assert 0.1 < share < 0.4
+    evaluation = gc.classifier_evaluation(held, cfg, part)
+    net = TransferClassifier("resnet18", hidden=8)
+    metrics = evaluation(net, torch.device("cpu"))
+    assert {"val/auc", "val/loss", "val/accuracy", "finetune/plateau_loss"} <= set(metrics)
+    assert metrics["finetune/plateau_loss"] != metrics["val/loss"]
+    assert "finetune/plateau_loss" in METHOD.metric_keys()
+    without = gc.classifier_evaluation(held, cfg)(net, torch.device("cpu"))
+    assert (
+        without["finetune/plateau_loss"]
+        == without["val/loss"]
+        == pytest.approx(metrics["val/loss"])
+    )
+
+
+def test_luna_patches_lie_on_the_configured_planes(genesis_sources, tmp_path):
+    """Training draws each candidate's plane per epoch; evaluation keeps one per candidate."""
+    data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
+    train, held, _ = gc.task_datasets(data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8))
+    assert [c.ids == train.caches[0].ids for c in train.caches] == [True] * 3
+    i = 0
+    views = [train.caches[p][train.ids[i]] for p in range(3)]
+    assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], views[2])
+
+    def plane_of(image: torch.Tensor) -> int:  # which cached view's 64 px centre it is
+        return next(
+            p for p in range(3) if np.allclose(image[0].numpy(), views[p][16:80, 16:80], atol=1e-3)
+        )
+
+    drawn = {plane_of(train[0][0]) for _ in range(12)}
+    assert len(drawn) > 1
+    assert held.planes is not None and set(held.planes) <= {0, 1, 2}
+    first = [held[k][0] for k in range(4)]
+    assert all(torch.equal(a, held[k][0]) for k, a in enumerate(first))
+    axial, _, _ = gc.task_datasets(
+        data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8, planes=["axial"])
+    )
+    assert len(axial.caches) == 1

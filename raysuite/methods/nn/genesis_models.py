@@ -12,12 +12,14 @@ classifier its encoder transfers to.
   The loss is binary cross-entropy. :meth:`TransferClassifier.l2_penalty` is Keras'
   ``kernel_regularizer=l2(l)``: l·Σw² of the dense kernel, added to the loss.
 - :func:`transfer_encoder` loads the U-Net's encoder into the classifier strictly (no
-  missing or unexpected key). :func:`load_imagenet_encoder` loads a local ImageNet file of
-  the full timm or torchvision model into a ``features_only`` encoder.
+  missing or unexpected key). :func:`load_imagenet_encoder` loads an ImageNet state dict of
+  the full timm or torchvision model (the file ``finetune.weights`` resolves to through
+  :mod:`raysuite.methods.nn.pretrained`) into a ``features_only`` encoder.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import timm
@@ -121,10 +123,13 @@ def _full_key(feature_key: str, full_keys: set[str]) -> str:
     return f"{head}.{rest}"
 
 
-def load_imagenet_encoder(module: nn.Module, name: str, path: str) -> None:
-    """Load a local ImageNet classification file of architecture ``name`` (timm or
-    torchvision keys, see :func:`~raysuite.methods.nn.weights.load_imagenet_weights`) into
-    the ``features_only`` encoder ``module``. Raises ``ValueError`` naming the file."""
+def load_imagenet_encoder(module: nn.Module, name: str, path: str | Path) -> None:
+    """Load a local ImageNet classification state dict of architecture ``name`` (timm or
+    torchvision keys: torchvision's ``VGG16_BN_Weights.IMAGENET1K_V1`` /
+    ``ResNet50_Weights.IMAGENET1K_V1`` files as the sweep driver resolves them, see
+    :func:`~raysuite.methods.nn.weights.load_imagenet_weights`) into the ``features_only``
+    encoder ``module``: the full timm model takes the file (its classifier aside), then
+    each encoder key takes the full model's tensor. Raises ``ValueError`` naming the file."""
     full = timm.create_model(name, pretrained=False)
     load_imagenet_weights(full, path)
     state = full.state_dict()
