@@ -4,9 +4,11 @@ model and the saved predictions come from the stage cache)."""
 
 import io
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from raysuite.spec import load_spec
 from raysuite.track import mlflow_runs as track
@@ -18,8 +20,8 @@ name: e2e-cascade
 method: one_case_cascade
 data: {{format: siim_acr, root: {root}, cache_dir: {cache}}}
 stages:
-  classifier: {{epochs: 1}}
-  segmenter: {{epochs: 1}}
+  classifier: {{epochs: 1, weights: imagenet}}
+  segmenter: {{epochs: 2, frozen_epochs: 1, weights: imagenet}}
   posthoc: {{pixel_thresholds: [0.3, 0.5, 0.7], cls_thresholds: [0.3, 0.6], min_areas: [0, 16]}}
 search:
   arms:
@@ -38,8 +40,14 @@ def _artifact(client, run_id, name):
     return pd.read_csv(io.StringIO(open(path).read()))
 
 
-def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(ray_session, tmp_path, siim_root, monkeypatch):
-    from raysuite.tune.sweep import run_sweep
+def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(
+    ray_session, tmp_path, siim_root, monkeypatch, pretrained_cache
+):
+    from raysuite.tune.sweep import DEPARTURES, run_sweep
+
+    # both models start from ImageNet (the tiny arch of each is a ResNet-18): one file in
+    # torchvision's cache, resolved once by the driver into the storage for both fields
+    placed = pretrained_cache.place("resnet18")
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -64,7 +72,22 @@ def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(ray_session
         assert ("val/cls_auc" in run.data.metrics) == gated
         assert {"test/dice_per_image", "test/tta/dice", "val/argmax/iou"} <= set(run.data.metrics)
     table = _artifact(client, first.parent_run_id, "table_5_1.csv")
-    assert set(table.postprocessing) == {"ArgMax", "Raw", "TTA"} and set(table.config) == {"one_case", "baseline"}
+    assert set(table.postprocessing) == {"ArgMax", "Raw", "TTA", "Searched (beyond the thesis)"}
+    assert set(table.config) == {"one_case", "baseline"}
+    (stored,) = (tmp_path / "storage" / "weights").iterdir()
+    assert stored.name.startswith("resnet18-")
+    assert all(torch.equal(torch.load(stored / "state_dict.pt")[k], v) for k, v in placed.items())
+    for run in runs:
+        tags = run.data.tags
+        assert tags["raysuite.weights.segmenter.weights"] == stored.name
+        assert tags.get("raysuite.weights.classifier.weights") == (stored.name if tags["raysuite.config"] == "one_case" else None)
+    parent = client.get_run(first.parent_run_id)
+    assert DEPARTURES in {a.path for a in client.list_artifacts(first.parent_run_id)}
+    departures = Path(client.download_artifacts(first.parent_run_id, DEPARTURES)).read_text()
+    assert "Pneumothorax Segmentation" in departures and "`segmenter.epochs` 2 ≠ 18" in departures
+    html = Path(client.download_artifacts(first.parent_run_id, "report.html")).read_text()
+    assert "Departures from the seed" in html and "segmenter.epochs" in html
+    assert parent.info.status == "FINISHED"
 
     spec_path.write_text(text.replace("min_areas: [0, 16]", "min_areas: [0, 8, 32], tta: [flip]"))
     second = run_sweep(load_spec(spec_path))

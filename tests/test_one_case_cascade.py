@@ -1,6 +1,8 @@
 """one_case_cascade (seed 004): arms and folds in the spec, stage keys that let a threshold
-change re-use trained models and saved predictions, patient folds, the fastai one-cycle
-schedule, and a TINY cascade that learns and beats an untrained pair."""
+change re-use trained models and saved predictions, patient folds, fastai v1's one-cycle
+schedule (two cycles for the frozen then unfrozen U-Net, cyclic momentum), decoupled weight
+decay, ImageNet starts, Table 5.1's rows, and a TINY cascade that learns and beats an
+untrained pair."""
 
 import textwrap
 
@@ -10,8 +12,9 @@ import torch
 
 from raysuite.methods import METHODS
 from raysuite.methods import one_case_cascade as occ
-from raysuite.plan import POINT, decode, grid_config_count, plan
-from raysuite.spec import SpecError, load_spec
+from raysuite.methods.nn.optim import OneCycle, cycle_of
+from raysuite.plan import POINT, decode, plan, point_indices
+from raysuite.spec import SpecError, all_points, load_spec, resolve_stage_configs
 from raysuite.train.loop import STATE_FILE, fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
@@ -41,7 +44,7 @@ def spec_path(tmp_path, siim_root):
 
 
 def _plans(spec):
-    return [plan(spec, *decode(spec, {POINT: i})) for i in range(grid_config_count(spec))]
+    return [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
 
 
 def test_arms_times_folds_and_their_labels(spec_path):
@@ -115,12 +118,26 @@ def test_folds_split_patients_and_hold_out_the_test_split(siim_root, tmp_path):
     assert len(first) == 64  # the 16 unlabelled stage-1 test images are left out
 
 
-def test_one_cycle_matches_fastai_shape():
-    peak, total = 1e-3, 100
-    lrs = [occ.one_cycle(s, total, peak) for s in range(total)]
-    assert lrs[0] == pytest.approx(peak / 25)
-    assert max(lrs) == pytest.approx(peak) and int(np.argmax(lrs)) == 30
-    assert lrs[-1] < peak / 1000 and all(a >= b for a, b in zip(lrs[30:], lrs[31:], strict=False))
+def test_one_cycle_is_fastai_v1s_by_hand():
+    """fastai v1 OneCycleScheduler: cos from peak/25 to peak over int(0.3 n) steps, then
+    cos down to peak/(25e4); momentum cos .95 -> .85, then back (§3.6.3)."""
+    cycle = OneCycle(1e-3)
+    total = 100  # warm-up: 30 steps
+    assert cycle.lr(0, total) == pytest.approx(4e-5)
+    assert cycle.lr(15, total) == pytest.approx((4e-5 + 1e-3) / 2)  # cos midpoint
+    assert cycle.lr(30, total) == pytest.approx(1e-3)
+    assert cycle.lr(65, total) == pytest.approx((1e-3 + 4e-9) / 2)
+    assert cycle.lr(100, total) == pytest.approx(4e-9)
+    assert [cycle.momentum(s, total) for s in (0, 15, 30, 65, 100)] == pytest.approx([0.95, 0.90, 0.85, 0.90, 0.95])
+
+
+def test_cycles_follow_each_other():
+    assert cycle_of(59, 180, (6, 12)) == (0, 59, 60)
+    assert cycle_of(60, 180, (6, 12)) == (1, 0, 120)
+    assert cycle_of(179, 180, (6, 12)) == (1, 119, 120)
+    assert cycle_of(5, 18, (18,)) == (0, 5, 18)
+    with pytest.raises(ValueError):
+        cycle_of(0, 10, (0, 10))
 
 
 def _inputs(stage, data, upstreams=None, **extra):
@@ -128,10 +145,17 @@ def _inputs(stage, data, upstreams=None, **extra):
 
 
 def _cascade_scores(data, checkpoints, out):
+    """Predictions, then the wider post-hoc grid (beyond the thesis: classifier thresholds
+    and minimum areas too; a TINY classifier's probabilities are not calibrated at 0.5)."""
+    from raysuite.methods.nn.posthoc import default_space
+
     pred = out / "pred"
     pred.mkdir(parents=True)
     METHOD.stages["predict"].job(_inputs("predict", data, checkpoints), pred)
-    return METHOD.stages["posthoc"].job(_inputs("posthoc", data, {"predict": pred}), out)
+    space = default_space()
+    wide = {"pixel_thresholds": list(space.pixel_thresholds), "cls_thresholds": list(space.cls_thresholds),
+            "min_areas": list(space.min_areas)}  # fmt: skip
+    return METHOD.stages["posthoc"].job(_inputs("posthoc", data, {"predict": pred}, **wide), out)
 
 
 def test_tiny_cascade_learns_and_beats_an_untrained_pair(siim_root, tmp_path):
@@ -166,29 +190,224 @@ def test_tiny_cascade_learns_and_beats_an_untrained_pair(siim_root, tmp_path):
     assert len(table) == 1 + after["posthoc/combinations"] == 1 + 19 * 9 * 4 * 2
     assert after["val/dice_per_image"] >= after["val/tta/dice_per_image"] - 1e-12
     assert after["val/dice_per_image"] >= after["val/argmax/dice_per_image"] - 1e-12
+    # the wider search is the Searched row; the thesis' Raw row gates at 0.5, no minimum area
+    assert after["val/search/dice_per_image"] == after["val/dice_per_image"] >= after["val/raw/dice_per_image"]
 
 
-def test_frozen_epochs_keep_loaded_encoder_weights(siim_root, tmp_path):
-    """Table 4.2: with an ImageNet file the encoder stays fixed for ``frozen_epochs``."""
+@pytest.mark.parametrize("train_bn", [True, False])
+def test_frozen_epochs_keep_loaded_encoder_weights(siim_root, tmp_path, train_bn):
+    """Table 4.2: with ImageNet weights the encoder's weights stay fixed for
+    ``frozen_epochs``; its BatchNorm trains then as in fastai v1 (``train_bn``) unless off."""
     import timm
 
     data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
     weights = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), weights)
-    inputs = _inputs("segmenter", data, epochs=2, frozen_epochs=1, weights=str(weights), max_train_images=8)
+    inputs = _inputs("segmenter", data, epochs=2, frozen_epochs=1, weights=str(weights), max_train_images=8,
+                     train_bn=train_bn)  # fmt: skip
     runtime = LocalRuntime(tmp_path / "ck")
     fit(METHOD.stages["segmenter"].recipe(inputs), runtime)
     loaded = torch.load(weights)
     states = [torch.load(c / STATE_FILE, weights_only=False)["model"] for c in runtime.checkpoints]
     key = "encoder.layer1.0.conv1.weight"
     assert torch.equal(states[0][key], loaded[key.removeprefix("encoder.")])
-    assert torch.equal(states[0]["encoder.bn1.running_mean"], loaded["bn1.running_mean"])
+    for bn in ("bn1.running_mean", "bn1.weight"):
+        assert torch.equal(states[0][f"encoder.{bn}"], loaded[bn]) is not train_bn, bn
     assert not torch.equal(states[1][key], loaded[key.removeprefix("encoder.")])
     assert not torch.equal(states[0]["head.weight"], states[1]["head.weight"])
 
 
+def _segmenter_recipe(data, tmp_path, **extra):
+    import timm
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), weights)
+    return METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights=str(weights), **extra))
+
+
+def test_segmenter_trains_two_one_cycles_frozen_then_unfrozen(siim_root, tmp_path):
+    """fastai's fit_one_cycle(6) on the frozen encoder, unfreeze, fit_one_cycle(12): the
+    schedule restarts at epoch 7 and unfreezing starts a fresh optimiser state."""
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    recipe = _segmenter_recipe(data, tmp_path, epochs=18, frozen_epochs=6, lr=1e-3)
+    optimizer = recipe.make_optimizer(recipe.model)
+    per_epoch = 10
+    total = 18 * per_epoch
+    lrs = [recipe.lr_at(s, total) for s in range(total)]
+    assert lrs[0] == pytest.approx(4e-5) and lrs[6 * per_epoch] == pytest.approx(4e-5)  # restart
+    assert lrs[int(60 * 0.3)] == pytest.approx(1e-3) and lrs[60 + int(120 * 0.3)] == pytest.approx(1e-3)
+    assert lrs[59] < 1e-5 and lrs[-1] < 1e-6
+    recipe.lr_at(60, total)
+    assert optimizer.param_groups[1]["betas"] == pytest.approx((0.95, 0.99))  # fastai's Adam betas, cycled beta1
+    recipe.lr_at(60 + 36, total)
+    assert optimizer.param_groups[1]["betas"][0] == pytest.approx(0.85)
+
+    recipe.epoch_start(1)
+    assert optimizer.param_groups[0]["fixed_lr"] and optimizer.param_groups[0]["lr"] == 0.0
+    frozen = {id(p) for p in optimizer.param_groups[0]["params"]}
+    bn = {id(p) for m in recipe.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert not frozen & bn and id(recipe.model.encoder.conv1.weight) in frozen  # train_bn
+    recipe.model.train()
+    assert recipe.model.encoder.bn1.training  # fastai v1's train_bn keeps BN training
+    for p in recipe.model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert optimizer.state
+    recipe.epoch_start(7)
+    assert not optimizer.state and not optimizer.param_groups[0]["fixed_lr"]
+
+
+def test_no_frozen_cycle_without_pretrained_weights(siim_root, tmp_path):
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    recipe = METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, epochs=18, frozen_epochs=6, lr=1e-3))
+    recipe.make_optimizer(recipe.model)
+    recipe.epoch_start(1)
+    lrs = [recipe.lr_at(s, 180) for s in range(180)]
+    assert int(np.argmax(lrs)) == 54 and lrs[60] > 1e-4  # one cycle of 18 epochs
+
+
+def test_weight_decay_is_decoupled_by_hand(siim_root, tmp_path):
+    """fastai's true_wd: p <- p (1 - lr wd) beside the Adam/RAdam step. With zero gradients
+    the moments stay 0, so ten steps leave p (1 - 0.1 * 0.01)^10 exactly; an L2 penalty in
+    the gradient would instead move p by about lr per step once Adam normalises it."""
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    for stage in ("classifier", "segmenter"):
+        recipe = METHOD.stages[stage].recipe(_inputs(stage, data, weight_decay=0.01))
+        optimizer = recipe.make_optimizer(recipe.model)
+        params = list(recipe.model.parameters())
+        before = [p.detach().clone() for p in params]
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1
+        for _ in range(10):
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            optimizer.step()
+        for p, b in zip(params, before, strict=True):
+            torch.testing.assert_close(p.detach(), b * 0.999**10, msg=stage)
+
+
+def test_arms_start_from_imagenet_and_load_those_tensors(siim_root, tmp_path, pretrained_cache):
+    """§4.5: both models start from ImageNet (``weights: imagenet`` resolves through
+    torchvision's cache, placed here as the library would after its download)."""
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    state = pretrained_cache.place("resnet18")
+    classifier = METHOD.stages["classifier"].recipe(_inputs("classifier", data, weights="imagenet")).model
+    segmenter = METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights="imagenet")).model
+    for key in ("conv1.weight", "layer4.1.bn2.running_var"):
+        assert torch.equal(classifier.state_dict()[key], state[key])
+        assert torch.equal(segmenter.encoder.state_dict()[key], state[key])
+    assert not torch.equal(classifier.fc.weight[:1], state["fc.weight"][:1].expand_as(classifier.fc.weight))
+    scratch = METHOD.stages["classifier"].recipe(_inputs("classifier", data)).model  # TINY: weights none
+    assert not torch.equal(scratch.conv1.weight, state["conv1.weight"])
+
+
+def test_the_seeds_archs_fit_torchvisions_imagenet_files(pretrained_cache):
+    """The thesis' ResNeXt-50 32x4d and ResNet-34 from torchvision's ImageNet files (the
+    weights fastai v1 used) fit timm's models, head aside."""
+    from raysuite.methods.nn import pretrained
+
+    for arch in ("resnext50_32x4d", "resnet34"):
+        state = pretrained_cache.place(arch)
+        path = pretrained.local_file(arch, "imagenet")
+        pretrained.check_fit(arch, path)
+        if arch == "resnet34":
+            model = occ.segmenter_model(occ.SegmenterConfig(), path).encoder
+        else:
+            model = occ.classifier_model(occ.ClassifierConfig(), path)
+        assert torch.equal(model.state_dict()["layer3.2.conv2.weight"], state["layer3.2.conv2.weight"])
+
+
+def test_weights_that_do_not_fit_are_refused(siim_root, tmp_path, pretrained_cache):
+    import timm
+
+    from raysuite.methods.nn.pretrained import WeightsUnavailable
+
+    data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
+    other = tmp_path / "resnet34.pth"
+    torch.save(timm.create_model("resnet34").state_dict(), other)
+    with pytest.raises(ValueError, match=str(other)):
+        METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights=str(other)))
+    with pytest.raises(WeightsUnavailable, match="not in the cache"):  # nothing placed: never trained from scratch
+        METHOD.stages["classifier"].recipe(_inputs("classifier", data, weights="imagenet"))
+
+
+def _shipped_configs(path="sweeps/one_case_vs_baseline.yaml"):
+    """Each arm's resolved stage configs of a shipped sweep (no data needed)."""
+    spec = load_spec(path)
+    return {p["arm"]: resolve_stage_configs(spec, p, where="search") for p in all_points(spec)}
+
+
+def test_pretrained_needs_follow_the_arm():
+    needs = {arm: METHOD.pretrained(configs) for arm, configs in _shipped_configs().items()}
+    assert [(n.key, n.arch) for n in needs["one_case"]] == [
+        ("classifier.weights", "resnext50_32x4d"), ("segmenter.weights", "resnet34"),
+    ]  # fmt: skip
+    assert [(n.key, n.arch) for n in needs["baseline"]] == [("segmenter.weights", "resnet34")]
+
+
+def test_compared_arms_differ_only_in_what_is_compared():
+    """The baseline and One Case get the same training, weights, prediction and post-hoc
+    search; they differ in the classifier gate and the U-Net's training population."""
+    by_arm = _shipped_configs()
+    one, base = by_arm["one_case"], by_arm["baseline"]
+    assert {k: v for k, v in one["segmenter"].items() if base["segmenter"][k] != v} == {"positives_only": True}
+    assert {k: v for k, v in one["classifier"].items() if base["classifier"][k] != v} == {"enabled": True}
+    assert one["predict"] == base["predict"] and one["posthoc"] == base["posthoc"]
+    assert one["segmenter"]["weights"] == "imagenet" and one["classifier"]["weights"] == "imagenet"
+
+
+def _planted_predictions():
+    """4 images of 8x8, every image called abnormal by the classifier (0.9):
+    0: a 4x4 pneumothorax predicted at 0.8; 1: empty, a 2-pixel false positive at 0.9;
+    2: empty, nothing predicted; 3: a 3x3 pneumothorax predicted at 0.7."""
+    from raysuite.methods.nn import posthoc
+
+    truth = np.zeros((4, 8, 8), bool)
+    prob = np.zeros((4, 8, 8))
+    truth[0, :4, :4], prob[0, :4, :4] = True, 0.8
+    prob[1, 7, 6:] = 0.9
+    truth[3, 4:7, 4:7], prob[3, 4:7, 4:7] = True, 0.7
+    seg = posthoc.quantise(np.stack([prob, prob], 1))  # flip-equivariant: TTA changes nothing
+    return posthoc.Predictions(seg=seg, truth=truth, cls=np.full((4, 2), 0.9, np.float32))
+
+
+def test_table_5_1_rows_are_the_thesis_and_the_wider_search_is_apart(tmp_path):
+    """Raw: the pixel threshold only (gate 0.5, no minimum area); TTA: the same on the flip;
+    a minimum-area search is the extra "Searched (beyond the thesis)" row."""
+    import io
+
+    import pandas as pd
+
+    from raysuite.methods.nn import posthoc
+
+    pred = _planted_predictions()
+    for split in ("val", "test"):
+        posthoc.save_predictions(tmp_path / f"{split}.npz", pred)
+    thresholds = [0.5, 0.75, 0.85, 0.95]
+    out = tmp_path / "out"
+    out.mkdir()
+    inputs = METHOD.tiny_inputs("posthoc", {}, {"posthoc": {"pixel_thresholds": thresholds, "min_areas": [0, 4]}},
+                                {"predict": tmp_path})  # fmt: skip
+    metrics = METHOD.stages["posthoc"].job(inputs, out)
+    # by hand, Dice per image of images 0..3 at each threshold (no area filter):
+    # 0.5: 1, 0 (the false positive), 1, 1 -> .75; 0.75: 1, 0, 1, 0 -> .5; 0.85: 0, 0, 1, 0 -> .25;
+    # 0.95: 0, 1, 1, 0 -> .5. Raw picks 0.5. A minimum area of 4 removes the false positive: 1.
+    assert metrics["val/raw/dice_per_image"] == pytest.approx(0.75)
+    assert metrics["val/tta/dice_per_image"] == pytest.approx(0.75)
+    assert metrics["val/argmax/dice_per_image"] == pytest.approx(0.75)
+    assert metrics["val/search/dice_per_image"] == pytest.approx(1.0) == metrics["val/dice_per_image"]
+    assert metrics["posthoc/min_area"] == 4
+    table = pd.read_csv(io.StringIO(metrics["artifact/posthoc/table_5_1.csv"]))
+    rows = table[table.split == "val"].set_index("row")
+    assert list(rows.index) == ["ArgMax", "Raw", "TTA", occ.SEARCHED]
+    raw = rows.loc["Raw"]
+    assert (raw.pixel_threshold, raw.cls_threshold, raw.min_area, raw.tta) == (0.5, 0.5, 0, "none")
+    assert rows.loc["TTA", "tta"] == "flip" and rows.loc["TTA", "min_area"] == 0
+    assert rows.loc[occ.SEARCHED, "min_area"] == 4
+
+
 def test_arms_beside_optuna_run_as_their_own_study():
-    from raysuite.tune.sweep import _studies
+    from raysuite.tune.sweep import studies
 
     spec = load_spec("sweeps/one_case_search.yaml")
-    assert _studies(spec) == ["grid", "optuna"] and not spec.search.grid
+    assert studies(spec) == ["grid", "optuna"] and not spec.search.grid

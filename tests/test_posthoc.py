@@ -25,6 +25,8 @@ from raysuite.methods.nn.posthoc import (
     quantise,
     save_predictions,
     segmentation_scores,
+    thesis_row,
+    thesis_space,
     threshold_level,
     tta_probability,
 )
@@ -299,6 +301,21 @@ def test_argmax_row_and_default_space(planted):
     assert space.min_areas == (0, 64, 256, 1024) and space.tta == ("none", "flip")
     with pytest.raises(ValueError):
         SearchSpace((0.5,), (0.5,), (0,), ("none", "rot90"))
+
+
+def test_thesis_space_and_its_rows(planted):
+    """§5.2 / Table 5.1: pixel thresholds in (0.01, 1), the classifier gating at its class
+    decision, no minimum area; Raw and TTA are the best pixel threshold of each TTA mode."""
+    space = thesis_space()
+    assert space.pixel_thresholds[:2] == (0.01, 0.02) and space.pixel_thresholds[-1] == 0.99
+    assert len(space.pixel_thresholds) == 99 and space.cls_thresholds == (0.5,)
+    assert space.min_areas == (0,) and space.tta == ("none", "flip")
+    for tta in ("none", "flip"):
+        row = thesis_row(planted, SPACE.pixel_thresholds, tta)
+        rows = [evaluate(planted, t, 0.5, 0, tta) for t in SPACE.pixel_thresholds]
+        best = max(rows, key=lambda r: (r["dice_per_image"], r["dice"]))
+        assert row == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in best.items()}
+        assert row["cls_threshold"] == 0.5 and row["min_area"] == 0 and row["tta"] == tta
 
 
 def test_optuna_search_matches_grid_and_is_reproducible(planted):

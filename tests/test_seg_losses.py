@@ -39,13 +39,27 @@ def _random(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, (torch.rand(3, 4, 5, generator=gen) > 0.6).long()
 
 
-def test_soft_f1_by_hand_and_shapes():
+def test_soft_f1_by_hand_averages_both_classes_and_shapes():
+    """Park's F1_Loss (seed 004 §3.6.1 [55]): 1 - mean of the two classes' soft F1."""
     logits = torch.tensor([math.log(3), -math.log(3), math.log(3), 0.0])  # p = .75 .25 .75 .5
     labels = torch.tensor([1, 1, 0, 0])
-    tp, fp, fn = 0.75 + 0.25, 0.75 + 0.5, 0.25 + 0.75
-    expected = 1 - 2 * tp / (2 * tp + fp + fn)
+    # class 1: q = p, y = 1 1 0 0
+    tp1, fp1, fn1 = 0.75 + 0.25, 0.75 + 0.5, 0.25 + 0.75
+    # class 0: q = 1 - p = .25 .75 .25 .5, y = 0 0 1 1
+    tp0, fp0, fn0 = 0.25 + 0.5, 0.25 + 0.75, 0.75 + 0.5
+
+    def f1(tp, fp, fn):
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+        return 2 * precision * recall / (precision + recall)
+
+    expected = 1 - (f1(tp1, fp1, fn1) + f1(tp0, fp0, fn0)) / 2
+    assert f1(tp1, fp1, fn1) == pytest.approx(2 / 4.25) and f1(tp0, fp0, fn0) == pytest.approx(0.4)
+    assert expected == pytest.approx(1 - (2 / 4.25 + 0.4) / 2)
     assert soft_f1_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
     assert soft_f1_loss(logits[:, None], labels).item() == pytest.approx(expected, abs=1e-6)
+    # two logits (a softmax head): softmax((0, z)) is (1 - sigmoid(z), sigmoid(z))
+    two = torch.stack([torch.zeros_like(logits), logits], 1)
+    assert soft_f1_loss(two, labels).item() == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError):
         soft_f1_loss(logits, labels[:3])
 
@@ -54,6 +68,18 @@ def test_soft_f1_perfect_is_zero():
     labels = torch.tensor([1, 0, 1, 0, 0])
     logits = torch.where(labels.bool(), 80.0, -80.0)
     assert soft_f1_loss(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_soft_f1_of_a_batch_without_positives_learns_from_the_normal_class():
+    """With only the positive class's F1 an all-normal batch scores 1 whatever the model
+    says (TP = 0); the normal class's F1 rewards calling them normal."""
+    labels = torch.zeros(4, dtype=torch.long)
+    logits = torch.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)
+    loss = soft_f1_loss(logits, labels)
+    # class 1: TP 0, F1 clamped to eps; class 0: q = .5, TP 2, FP 0, FN 2: F1 = 2/3
+    assert loss.item() == pytest.approx(1 - (1e-7 + 2 / 3) / 2, abs=1e-6)
+    loss.backward()
+    assert (logits.grad > 0).all()  # lowering the logits (more "normal") lowers the loss
 
 
 def test_jaccard_by_hand_batch_sum():

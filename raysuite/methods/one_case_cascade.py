@@ -3,17 +3,22 @@
 
 Stages (a DAG: the two models are independent and cached independently):
 
-- ``classifier`` (Table 4.3): timm ResNeXt-50 32x4d with one logit, soft-F1 loss (§3.6.1),
-  RAdam, 224 px, all labelled images, Table 4.1 augmentations; Cutout from epoch 70 of 127
-  (§4.4.1). ``enabled: false`` skips it (the baseline arm has no classifier).
-- ``segmenter`` (Tables 4.2, 4.4): U-Net with a ResNet-34 encoder, two-class softmax,
-  Jaccard loss (optionally weighted with the §3.6.1 losses), Adam, 256 px, 18 epochs;
+- ``classifier`` (Table 4.3): timm ResNeXt-50 32x4d from ImageNet (``weights``), one logit,
+  Park's soft-F1 loss over both classes (§3.6.1), RAdam with decoupled weight decay, 224 px,
+  all labelled images, Table 4.1 augmentations, one fastai ``fit_one_cycle`` of 127 epochs;
+  Cutout from epoch 70 (§4.4.1). ``enabled: false`` skips it (the baseline arm has none).
+- ``segmenter`` (Tables 4.2, 4.4): U-Net on a ResNet-34 encoder from ImageNet, two-class
+  softmax, Jaccard loss (optionally weighted with the §3.6.1 losses), Adam with decoupled
+  weight decay (fastai's ``true_wd``), 256 px, 6 epochs with the encoder frozen then 12
+  unfrozen: two one-cycle schedules, as fastai's two ``fit_one_cycle`` calls;
   ``positives_only`` (the One Case model) or all images (the baseline U-Net).
 - ``predict`` (job, one worker): both models on the validation fold and the test split,
   each image also flipped (TTA), probabilities saved once (uint8, compressed).
-- ``posthoc`` (job, in the trial driver): pixel threshold, classifier threshold, minimum
-  area and TTA searched on the saved validation predictions (grid or Optuna, §5.2), the
-  chosen values evaluated once on the test split; every combination is a table artifact.
+- ``posthoc`` (job, in the trial driver): Table 5.1's rows on the saved validation
+  predictions (§5.2: ArgMax; Raw, the pixel threshold searched; TTA, the same on the
+  flip-averaged prediction), and the configured search (grid or Optuna; by default the
+  thesis' own) as an extra row, the chosen values evaluated once on the test split; every
+  combination is a table artifact.
 
 Data (§4.2): labelled SIIM-ACR images; the manifest's patient-level test split is held out
 and the rest is cut into K = 5 folds by patient (``search.repeats.fold``: each fold one
@@ -23,17 +28,17 @@ statistics (§4.1.1).
 
 Metrics (§5.1, Table 5.1): ``val/dice_per_image`` (the competition's Dice per image: 1 when
 prediction and truth are both empty), ``val/dice`` and ``val/iou`` over all pixels, the
-classifier's AUC, F1, precision and recall; each for the ArgMax, Raw (searched thresholds)
-and TTA rows of Table 5.1 as ``val/<row>/<metric>``. Until the post-hoc stage reports,
-``val/dice_per_image`` is the segmenter's own (ArgMax, ungated, on its validation
-population), so ASHA can prune on segmenter epochs.
+classifier's AUC, F1, precision and recall; each for the ArgMax, Raw, TTA and Searched rows
+as ``val/<row>/<metric>``.
+
+Every departure from the thesis is in :data:`DEPARTURES` (``raysuite plan`` and the
+report list them); :func:`seed_design` holds the thesis' values of the config keys.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,8 +58,11 @@ from raysuite.data.cxr_augment import AugmentConfig, augment, cutout
 from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import siim_acr
 from raysuite.methods.base import ARTIFACT, Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn import posthoc
 from raysuite.methods.nn.cls_metrics import precision_recall_f1, roc_auc
+from raysuite.methods.nn.optim import OneCycle, cycle_of, set_momentum
+from raysuite.methods.nn.pretrained import Need
 from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
 from raysuite.methods.nn.weights import load_imagenet_weights
@@ -75,19 +83,28 @@ def _timm_name(name: str) -> str:
 
 
 class CascadeStageConfig(StageConfig):
+    """Fields both models share. ``weights``: where the model (the classifier) or its encoder
+    (the U-Net) starts: ``imagenet`` (§4.5: fastai's and [59]'s pre-trained models, i.e.
+    torchvision's ImageNet weights, :mod:`~raysuite.methods.nn.pretrained`), ``none``
+    (random, TINY runs) or a local state-dict file. Training is fastai v1's one-cycle policy
+    (§3.6.3: learning rate and momentum ``moms``), with decoupled weight decay (fastai's
+    ``true_wd``, its default ``wd`` 1e-2 on every parameter)."""
+
     num_workers: int = Field(4, ge=0)
     amp: bool = True
     augment: bool = True  # Table 4.1 (flip, symmetric warp, rotate, zoom, brightness, contrast)
-    weights: str | None = None  # local ImageNet state dict of the encoder (nothing is downloaded)
+    weights: str = "imagenet"  # none | imagenet | a local file (pretrained.py)
+    moms: tuple[float, float] = (0.95, 0.85)  # fastai's one-cycle momentum (beta1): high, low
+    weight_decay: float = Field(1e-2, ge=0)  # fastai's default wd, decoupled (true_wd)
     eval_every: int = Field(1, ge=1)
     patience: int | None = Field(None, ge=1)
     max_train_images: int | None = Field(None, ge=1)  # smoke runs
 
 
 class ClassifierConfig(CascadeStageConfig):
-    """Table 4.3: ResNeXt-50 (cardinality 32), RAdam, F1 loss, 224 px, 127 epochs. The
-    seed gives no batch size or learning rate: 32 and a one-cycle peak of 1e-3 (fastai's
-    ``fit_one_cycle`` schedule, which the seed used, §3.6.3) are our choices."""
+    """Table 4.3: ResNeXt-50 (cardinality 32) from ImageNet, RAdam, F1 loss, 224 px, 127
+    epochs, trained as one ``fit_one_cycle``. The seed gives no batch size or learning rate:
+    32 and a one-cycle peak of 1e-3 are our choices."""
 
     enabled: bool = True  # false: no classifier (the baseline arm)
     arch: str = "resnext50_32x4d"  # any timm model name
@@ -95,7 +112,7 @@ class ClassifierConfig(CascadeStageConfig):
     epochs: int = Field(127, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)  # fastai's default wd
+    beta2: float = Field(0.999, ge=0, lt=1)  # RAdam's default (the seed's RAdam code is not named)
     loss: Literal["soft_f1", "bce"] = "soft_f1"
     cutout_from_epoch: int | None = Field(70, ge=1)  # §4.4.1: "after around 70 epochs"; null: never
     cutout_holes: tuple[int, int] = (1, 4)
@@ -108,19 +125,22 @@ class ClassifierConfig(CascadeStageConfig):
 
 
 class SegmenterConfig(CascadeStageConfig):
-    """Tables 4.2 and 4.4: U-Net, ResNet-34 encoder, Adam, Jaccard loss, 256 px, 18 epochs
-    (the baseline: 6 with the ImageNet encoder frozen + 12). Batch 12 is the seed's
-    Kaggle submission setting ("baseline 12 bs"). Loss = sum of the weighted §3.6.1 terms."""
+    """Tables 4.2 and 4.4: U-Net, ResNet-34 encoder from ImageNet, Adam, Jaccard loss, 256 px,
+    18 epochs: 6 with the encoder frozen + 12 unfrozen, fastai's two ``fit_one_cycle``
+    calls (the One Case U-Net uses "the same ... number of epochs", §4.4.2). Batch 12 is the
+    seed's Kaggle submission setting ("baseline 12 bs"). Loss = sum of the weighted §3.6.1
+    terms. Adam's betas are fastai v1's ``(0.9, 0.99)``, beta1 cycled by ``moms``."""
 
     positives_only: bool = True  # the "One Case" U-Net; false: the baseline trained on all
     encoder: str = "resnet34"
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     image_size: int = Field(256, ge=32)
     epochs: int = Field(18, ge=1)
-    frozen_epochs: int = Field(6, ge=0)  # encoder frozen first; only with ``weights``
+    frozen_epochs: int = Field(6, ge=0)  # first cycle with the encoder frozen; only with weights
+    train_bn: bool = True  # fastai v1's train_bn: the frozen encoder's BatchNorm still trains
     batch_size: int = Field(12, ge=2)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
+    beta2: float = Field(0.99, ge=0, lt=1)  # fastai v1's Adam betas (0.9, 0.99)
     jaccard_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(0.0, ge=0)
     bce_weight: float = Field(0.0, ge=0)
@@ -166,16 +186,18 @@ class PredictConfig(StageConfig):
 
 
 class PosthocConfig(StageConfig):
-    """§5.2: thresholds and TTA searched on saved validation predictions. The grid's
-    defaults are :func:`raysuite.methods.nn.posthoc.default_space` (pixel thresholds
-    0.05..0.95 — the seed searched (0.01, 1) —, classifier thresholds 0.1..0.9, minimum
-    areas 0/64/256/1024 px at the segmenter's size, TTA none / flip)."""
+    """§5.2: thresholds and TTA searched on saved validation predictions. The defaults are
+    the thesis' (:func:`raysuite.methods.nn.posthoc.thesis_space`): pixel thresholds
+    0.01..0.99, the classifier gating at 0.5 (its class decision), no minimum area, TTA
+    none / flip. More classifier thresholds or minimum areas (or ``search: optuna``) go
+    beyond the thesis; Table 5.1's Raw and TTA rows stay the thesis' either way, and the
+    configured search is the extra "Searched" row."""
 
     search: Literal["grid", "optuna"] = "grid"
-    pixel_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.default_space().pixel_thresholds))
-    cls_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.default_space().cls_thresholds))
-    min_areas: list[int] = Field(default_factory=lambda: list(posthoc.default_space().min_areas))
-    tta: list[Literal["none", "flip"]] = Field(default_factory=lambda: list(posthoc.default_space().tta))
+    pixel_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.thesis_space().pixel_thresholds))
+    cls_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.thesis_space().cls_thresholds))
+    min_areas: list[int] = Field(default_factory=lambda: list(posthoc.thesis_space().min_areas))
+    tta: list[Literal["none", "flip"]] = Field(default_factory=lambda: list(posthoc.thesis_space().tta))
     optuna_trials: int = Field(200, ge=1)
     pixel_threshold_range: tuple[float, float] = (0.01, 0.99)
     cls_threshold_range: tuple[float, float] = (0.01, 0.99)
@@ -312,21 +334,25 @@ def _train_rows(df: pd.DataFrame, cfg: CascadeStageConfig, positives_only: bool 
 # ---------------------------------------------------------------------------- models
 
 
-def classifier_model(cfg: ClassifierConfig) -> nn.Module:
-    """timm ``arch`` with one output logit: (B, 3, S, S) -> (B, 1)."""
+def classifier_model(cfg: ClassifierConfig, weights: Path | None = None) -> nn.Module:
+    """timm ``arch`` with one output logit: (B, 3, S, S) -> (B, 1); the body from the
+    state dict ``weights`` (ImageNet: torchvision's keys, which timm's ResNets share), its
+    head new. sigmoid(logit) is the abnormal class's probability of a two-class softmax
+    over (0, logit)."""
     import timm
 
     model = timm.create_model(cfg.arch, pretrained=False, num_classes=1)
-    if cfg.weights:
-        load_imagenet_weights(model, cfg.weights)
+    if weights is not None:
+        load_imagenet_weights(model, weights)
     return model
 
 
-def segmenter_model(cfg: SegmenterConfig) -> TimmUNet:
-    """U-Net, two-class logits: (B, 3, S, S) -> (B, 2, S, S)."""
+def segmenter_model(cfg: SegmenterConfig, weights: Path | None = None) -> TimmUNet:
+    """U-Net, two-class logits: (B, 3, S, S) -> (B, 2, S, S); the encoder from the
+    classification state dict ``weights`` (its head dropped)."""
     model = TimmUNet(cfg.encoder, num_classes=2, decoder_channels=tuple(cfg.decoder_channels))
-    if cfg.weights:
-        load_encoder_weights(model, cfg.weights)
+    if weights is not None:
+        load_encoder_weights(model, weights)
     return model
 
 
@@ -340,15 +366,20 @@ def load_trained(model: nn.Module, checkpoint_dir: Path) -> nn.Module:
 # ---------------------------------------------------------------------------- recipes
 
 
-def one_cycle(step: int, total: int, peak: float, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e5) -> float:
-    """fastai's ``fit_one_cycle`` learning rate (§3.6.3, Smith): cosine from peak/div up to
-    peak over the first ``pct_start`` of the steps, then cosine down to peak/final_div."""
-    warm = max(1, int(total * pct_start))
-    if step < warm:
-        start, end, t = peak / div, peak, step / warm
-    else:
-        start, end, t = peak, peak / final_div, (step - warm) / max(1, total - warm)
-    return end + (start - end) * (1 + math.cos(math.pi * min(1.0, t))) / 2
+def one_cycles(cfg: CascadeStageConfig, cycles: tuple[int, ...], optimizers: list[torch.optim.Optimizer]) -> Callable[[int, int], float]:
+    """The recipe's ``lr_at``: fastai v1's ``fit_one_cycle`` (§3.6.3, :class:`~raysuite.
+    methods.nn.optim.OneCycle`, peak ``cfg.lr``) restarted for each of ``cycles`` (epochs of
+    each successive ``fit_one_cycle`` call). Each step also sets the cycle's momentum (Adam's
+    beta1, ``cfg.moms``) on the newest of ``optimizers``, as fastai's scheduler does."""
+    schedule = OneCycle(cfg.lr, moms=cfg.moms)
+
+    def lr_at(step: int, total: int) -> float:
+        _, within, length = cycle_of(step, total, cycles)
+        if optimizers:
+            set_momentum(optimizers[-1], schedule.momentum(within, length))
+        return schedule.lr(within, length)
+
+    return lr_at
 
 
 def _augmenter(cfg: CascadeStageConfig, seed: int) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -378,6 +409,7 @@ def classifier_recipe(inp: StageInputs) -> Recipe:
     df = splits(inp.data, inp.fold)
     caches = _caches(inp.data, cfg.image_size)
     train = _train_rows(df, cfg)
+    model = classifier_model(cfg, inp.weights_file("weights", cfg.arch))
     loader = _loader(Radiographs(caches, train), inp.local_batch(cfg.batch_size), True, cfg.num_workers,
                      drop_last=len(train) > cfg.batch_size)  # fmt: skip
     val_loader = _loader(Radiographs(caches, df[df.role == "val"]), 2 * cfg.batch_size, False, 0)
@@ -410,11 +442,19 @@ def classifier_recipe(inp: StageInputs) -> Recipe:
         return {"classifier/val_auc": roc_auc(probs, labels), **{f"classifier/val_{k}": v for k, v in scores.items()}}
 
     evaluate = loader_evaluation(val_loader, predict, score)
+    optimizers: list[torch.optim.Optimizer] = []
+
+    def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
+        """RAdam (Table 4.3) with fastai's decoupled weight decay (``true_wd``) on every
+        parameter (fastai's ``bn_wd``)."""
+        optimizer = torch.optim.RAdam(module.parameters(), lr=cfg.lr, betas=(cfg.moms[0], cfg.beta2),
+                                      weight_decay=cfg.weight_decay, decoupled_weight_decay=True)  # fmt: skip
+        optimizers.append(optimizer)
+        return optimizer
 
     return Recipe(
-        stage="classifier", model=classifier_model(cfg), train_loader=loader,
-        make_optimizer=lambda m: torch.optim.RAdam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-        lr_at=lambda s, total: one_cycle(s, total, cfg.lr), step=step, epochs=cfg.epochs, evaluate=evaluate,
+        stage="classifier", model=model, train_loader=loader, make_optimizer=make_optimizer,
+        lr_at=one_cycles(cfg, (cfg.epochs,), optimizers), step=step, epochs=cfg.epochs, evaluate=evaluate,
         eval_epochs=lambda e: e % cfg.eval_every == 0, monitor="classifier/val_auc", mode="max",
         patience=cfg.patience, amp=cfg.amp, epoch_start=epoch_start,
     )  # fmt: skip
@@ -439,27 +479,40 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
                      drop_last=len(train) > cfg.batch_size)  # fmt: skip
     val_loader = _loader(Radiographs(caches, val), cfg.batch_size, False, 0)
     aug = _augmenter(cfg, inp.seed * 1000 + inp.rank)
-    model = segmenter_model(cfg)
+    weights_file = inp.weights_file("weights", cfg.encoder)
+    model = segmenter_model(cfg, weights_file)
+    # Table 4.2: fit_one_cycle(frozen_epochs) on the frozen encoder, then unfreeze and
+    # fit_one_cycle(the rest); a random encoder (weights none) is never frozen
+    frozen_epochs = min(cfg.frozen_epochs, cfg.epochs) if weights_file is not None else 0
+    cycles = tuple(n for n in (frozen_epochs, cfg.epochs - frozen_epochs) if n > 0)
     weights, params = cfg.loss_weights(), cfg.loss_params()
     optimizers: list[torch.optim.Optimizer] = []
 
     def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
-        encoder = list(module.encoder.parameters())
-        ids = {id(p) for p in encoder}
+        """Adam with fastai's decoupled weight decay (``true_wd``, every parameter). Group 0
+        is what freezing fixes: the encoder's weights, and its BatchNorm too unless
+        ``train_bn`` (fastai v1 keeps a frozen body's BatchNorm training)."""
+        fixed = [p for m in module.encoder.modules() if not cfg.train_bn or not isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters(recurse=False)]  # fmt: skip
+        ids = {id(p) for p in fixed}
         rest = [p for p in module.parameters() if id(p) not in ids]
-        optimizer = torch.optim.Adam(
-            [{"params": encoder, "encoder": True}, {"params": rest}], lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        optimizer = torch.optim.AdamW(
+            [{"params": fixed, "encoder": True}, {"params": rest}], lr=cfg.lr, betas=(cfg.moms[0], cfg.beta2),
+            weight_decay=cfg.weight_decay,
+        )  # fmt: skip
         optimizers.append(optimizer)
         return optimizer
 
     def epoch_start(epoch: int) -> None:
-        """Table 4.2's frozen epochs (with loaded weights only): the encoder's BN in eval and
-        its parameter group at lr 0 (``fixed_lr``), which DDP tolerates where
-        ``requires_grad=False`` would not."""
-        frozen = bool(cfg.weights) and epoch <= cfg.frozen_epochs
-        model.freeze_encoder(frozen)
-        for group in optimizers[-1].param_groups:
+        """Frozen epochs: the encoder's group at lr 0 (``fixed_lr``, which DDP tolerates
+        where ``requires_grad=False`` would not), its BatchNorm in eval unless ``train_bn``.
+        Unfreezing starts a new optimiser state, as fastai's ``unfreeze`` (``create_opt``)."""
+        frozen = epoch <= frozen_epochs
+        model.freeze_encoder(frozen and not cfg.train_bn)
+        optimizer = optimizers[-1]
+        if frozen_epochs and epoch == frozen_epochs + 1:
+            optimizer.state.clear()
+        for group in optimizer.param_groups:
             if group.get("encoder"):
                 group["fixed_lr"] = frozen
                 if frozen:
@@ -499,7 +552,7 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
 
     return Recipe(
         stage="segmenter", model=model, train_loader=loader, make_optimizer=make_optimizer,
-        lr_at=lambda s, total: one_cycle(s, total, cfg.lr), step=step, epochs=cfg.epochs, evaluate=evaluate,
+        lr_at=one_cycles(cfg, cycles, optimizers), step=step, epochs=cfg.epochs, evaluate=evaluate,
         eval_epochs=lambda e: e % cfg.eval_every == 0, monitor="segmenter/val_dice", mode="max",
         patience=cfg.patience, epoch_end=epoch_end, amp=cfg.amp, epoch_start=epoch_start,
     )  # fmt: skip
@@ -514,10 +567,10 @@ def predict_job(inp: StageInputs, out: Path) -> dict[str, Any]:
     cfg: PredictConfig = inp.cfg
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seg_cfg = SegmenterConfig.model_validate(inp.stages["segmenter"])
-    segmenter = load_trained(segmenter_model(seg_cfg.model_copy(update={"weights": None})), inp.upstreams["segmenter"]).to(device)
+    segmenter = load_trained(segmenter_model(seg_cfg), inp.upstreams["segmenter"]).to(device)
     classifier = None
     if "classifier" in inp.upstreams:
-        cls_cfg = ClassifierConfig.model_validate(inp.stages["classifier"]).model_copy(update={"weights": None})
+        cls_cfg = ClassifierConfig.model_validate(inp.stages["classifier"])
         classifier = load_trained(classifier_model(cls_cfg), inp.upstreams["classifier"]).to(device)
     df = splits(inp.data, inp.fold)
     seg_caches = _caches(inp.data, seg_cfg.image_size)
@@ -560,16 +613,22 @@ def _predict_classifier(net: nn.Module, dataset: Radiographs, cfg: PredictConfig
     return np.concatenate(chunks).astype(np.float32)
 
 
-ROWS = {"argmax": "ArgMax", "raw": "Raw", "tta": "TTA"}  # Table 5.1's post-processing rows
+# Table 5.1's post-processing rows, and the configured search as an extra row
+SEARCHED = "Searched (beyond the thesis)"
+ROWS = {"argmax": "ArgMax", "raw": "Raw", "tta": "TTA", "search": SEARCHED}
 SCORES = ("dice_per_image", "dice", "iou")
 
 
 def posthoc_job(inp: StageInputs, out: Path) -> dict[str, Any]:
     """Search on the saved validation predictions, evaluate the choice once on test.
 
-    Reports the best combination as ``val/*`` and ``test/*``, Table 5.1's rows as
-    ``{val,test}/{argmax,raw,tta}/*``, the choice as ``posthoc/*``, and two artifacts:
-    every combination tried (``posthoc/val_search.csv``) and ``posthoc/table_5_1.csv``."""
+    Table 5.1's rows (§5.2) as ``{val,test}/<row>/*``: ``argmax`` (pixel and classifier at
+    0.5), ``raw`` (the pixel threshold searched, nothing else) and ``tta`` (the same on the
+    flip-averaged prediction), with the classifier gating at its class decision and no
+    minimum area; ``search``, the extra row: the best combination of the configured search
+    (beyond the thesis when it also tunes a minimum area or the classifier threshold), which
+    is also ``val/*`` and ``test/*`` and whose values are ``posthoc/*``. Two artifacts: every
+    combination tried (``posthoc/val_search.csv``) and ``posthoc/table_5_1.csv``."""
     cfg: PosthocConfig = inp.cfg
     src = inp.upstreams["predict"]
     val, test = posthoc.load_predictions(src / "val.npz"), posthoc.load_predictions(src / "test.npz")
@@ -583,15 +642,13 @@ def posthoc_job(inp: StageInputs, out: Path) -> dict[str, Any]:
             "min_area": cfg.min_area_range, "tta": tuple(cfg.tta),
         }  # fmt: skip
         table = optuna_search(val, bounds, cfg.optuna_trials, cfg.seed)
-    chosen = {"overall": _params(table.iloc[0])}
+    caches = {"val": posthoc.StatsCache(val), "test": posthoc.StatsCache(test)}  # pixel passes shared by the rows
+    chosen = {"overall": _params(table.iloc[0]), "argmax": dict(posthoc.ARGMAX)}
     for row, mode in (("raw", "none"), ("tta", "flip")):
-        subset = table[table.tta == mode]
-        if not subset.empty:
-            chosen[row] = _params(subset.iloc[0])
-    chosen["argmax"] = dict(posthoc.ARGMAX)
+        chosen[row] = _params(pd.Series(posthoc.thesis_row(val, cfg.pixel_thresholds, mode, caches["val"])))
+    chosen["search"] = chosen["overall"]
     metrics: dict[str, Any] = {}
     table_rows = []
-    caches = {"val": posthoc.StatsCache(val), "test": posthoc.StatsCache(test)}  # pixel passes shared by the rows
     for name, params in chosen.items():
         for split, pred in (("val", val), ("test", test)):
             result = posthoc.evaluate(pred, **params, cache=caches[split])
@@ -662,7 +719,217 @@ def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     return []
 
 
-_TINY = {"image_size": 64, "num_workers": 0, "batch_size": 8}
+# ----------------------------------------------------------------------------- ledger
+
+PAPER = Paper(
+    title="Pneumothorax Segmentation",
+    authors="Usama Zidan",
+    venue="BSc dissertation (Computer Science with Artificial Intelligence), School of Computer Science, "
+    "University of Nottingham, May 2020",
+)
+
+DEPARTURES = (
+    Departure(
+        "classifier.weights",
+        "§4.5: the ResNeXt was imported from Cadene's pretrained-models.pytorch [59] (variant and weights file not named)",
+        "timm's resnext50_32x4d with torchvision's ImageNet weights (ResNeXt50_32X4D_Weights.IMAGENET1K_V1)",
+        "the same architecture and ImageNet task through a library cache; [59] is unmaintained",
+    ),
+    Departure(
+        "classifier head",
+        "§4.4.1: a CNN that classifies 'Normal' vs 'Abnormal' (fastai: two logits and a softmax)",
+        "one logit; sigmoid(z) is the abnormal probability of a two-class softmax over (0, z), and the soft-F1 "
+        "loss sees both classes' probabilities (1 - p, p)",
+        "the same family of functions with one output fewer",
+    ),
+    Departure(
+        "segmenter U-Net decoder",
+        "§4.3, §4.5: fastai v1's unet_learner on a ResNet-34 (DynamicUnet: pixel shuffle, blur, final cross connection)",
+        "a plain U-Net decoder (nearest upsampling, skip concatenation, two conv-BN-ReLU per block) on a timm "
+        "ResNet-34 encoder with torchvision's ImageNet weights",
+        "no fastai dependency; the thesis compares training populations, not decoders",
+    ),
+    Departure(
+        "classifier.lr",
+        "§3.6.3, §4.4: one-cycle learning rates; no value is given",
+        "a one-cycle peak of 1e-3",
+        "the seed gives none",
+    ),
+    Departure(
+        "segmenter.lr",
+        "§4.4.2: both U-Nets use 'the same cyclic learning rate ranges'; no value is given",
+        "a one-cycle peak of 1e-3 for both cycles and every layer (no discriminative slice after unfreezing)",
+        "the seed gives none",
+    ),
+    Departure("classifier.batch_size", "Table 4.3: no batch size", "32", "the seed gives none"),
+    Departure(
+        "classifier.beta2",
+        "Table 4.3: RAdam (§3.6.2, Liu et al.); the implementation used is not named",
+        "torch's RAdam with its default beta2 0.999; beta1 cycled by the one-cycle momentum",
+        "the seed gives none",
+    ),
+    Departure(
+        "classifier schedule",
+        "Table 4.3: 127 epochs; §4.4.1: Cutout added 'after around 70 epochs' (so training spanned more than one "
+        "fit call, split not given); no frozen phase is stated",
+        "one fit_one_cycle over 127 epochs with every layer trainable; Cutout from epoch 70 (cutout_from_epoch)",
+        "the seed states neither the split of the classifier's fit calls nor a frozen phase",
+    ),
+    Departure(
+        "classifier.cutout_holes",
+        "§4.4.1: Cutout 'randomly removes small patches'; no count is given",
+        "1 to 4 holes per image",
+        "our reading of 'small patches'",
+    ),
+    Departure(
+        "classifier.cutout_length",
+        "§4.4.1: Cutout 'randomly removes small patches'; no size is given",
+        "square holes of 4-18 % of the image side",
+        "our reading of 'small patches'",
+    ),
+    Departure(
+        "augmentations",
+        "Table 4.1: fastai v1's transforms (flip, symmetric_warp, rotate, zoom, brightness, contrast)",
+        "the same transforms and magnitudes, batched on the device (raysuite.data.cxr_augment), not fastai's code",
+        "no fastai dependency; GPU augmentation",
+    ),
+    Departure(
+        "amp",
+        "§4.5: fastai on a GTX 2080; the numeric precision is not stated (fastai trains in fp32 unless to_fp16)",
+        "float16 autocast on CUDA (classifier.amp, segmenter.amp)",
+        "speed; set amp: false for fp32",
+    ),
+    Departure(
+        "data.split",
+        "§4.4.1: the classifier on all 10,675 labelled images; §4.4.2: 20 % of the 2,379 positives for validation; "
+        "§5.3: 5-fold cross-validation, tested on 'a different test set' (its size not given)",
+        "the manifest's patient-level test split of the labelled images is held out; the rest is cut into 5 folds "
+        "by patient; both models train on the other 4 folds of the fold's trial",
+        "one split serves both models and the cascade's test without leaking patients",
+    ),
+    Departure(
+        "checkpoint selection",
+        "§4.1.1, §4.3: fastai's fit_one_cycle, which keeps the last weights; no selection is stated",
+        "predict uses each model's best validation epoch (classifier/val_auc, segmenter/val_dice)",
+        "the stage loop keeps the best epoch's weights; with the one-cycle's low final learning rate the last "
+        "epochs differ little",
+    ),
+    Departure(
+        "predict (uint8 probabilities)",
+        "§5.2: thresholds searched on the models' probabilities",
+        "probabilities saved as uint8 (1/255 steps), so thresholds act on 255 (flip TTA: 510) levels",
+        "a fold's predictions fit in memory and on disk",
+    ),
+    Departure(
+        "posthoc.pixel_thresholds",
+        "§5.2: 'a series of thresholds between (0.01, 1) are tested'; the step is not given",
+        "0.01 to 0.99 in steps of 0.01",
+        "the seed gives no step",
+    ),
+    Departure(
+        "posthoc selection metric",
+        "§5.2: the threshold 'that best maximises the models' performance' (Figure 5.4a: 'the best in terms of accuracy')",
+        "the highest Dice per image on the validation fold (then Dice; ties to no TTA), evaluated once on the test split",
+        "Dice per image is the seed's headline metric (§5.3) and the competition's; the seed names no criterion",
+    ),
+    Departure(
+        "posthoc.tta",
+        "§5.2, Figure 5.5: test-time augmentation, predictions on augmented copies averaged (augmentations not listed)",
+        "the horizontal flip: the image and its mirror image, flipped back, averaged",
+        "the flip is exact to undo for masks; the seed does not list its TTA transforms",
+    ),
+    Departure(
+        "posthoc.search",
+        "§5.2: a series of thresholds tested (a grid)",
+        "grid by default; one_case_search.yaml searches with Optuna over pixel and classifier thresholds and a "
+        "minimum area (beyond the seed)",
+        "the search sweep explores beyond the thesis; its Raw and TTA rows stay the thesis'",
+    ),
+    Departure(
+        "Table 5.1 Searched row",
+        "Table 5.1: ArgMax, Raw (threshold) and TTA rows only",
+        f"an extra row '{SEARCHED}': the best of the configured search, which may also tune a minimum mask area "
+        "and the classifier threshold (posthoc.min_areas, posthoc.cls_thresholds)",
+        "kept apart so the thesis' rows are never mixed with a wider search",
+    ),
+    Departure(
+        "Table 5.1 CM column",
+        "Table 5.1: a CM column (undefined in the text)",
+        "not reported",
+        "the seed does not define it",
+    ),
+    Departure(
+        "val/dice_per_image before the post-hoc stage",
+        "§5.3: the cascade is scored after Algorithm 1 and post-processing",
+        "until the post-hoc stage reports, val/dice_per_image is the segmenter's own (ArgMax, ungated, on its "
+        "validation population); sweeps rank with objective.scope: last",
+        "ASHA can prune on segmenter epochs",
+    ),
+    Departure(
+        "segmenter.*_weight",
+        "Tables 4.2, 4.4: the Jaccard loss alone (§3.6.1 lists the losses experimented with)",
+        "Jaccard alone by default; one_case_search.yaml searches BCE and focal-Tversky weights (beyond the seed)",
+        "the search sweep explores the losses §3.6.1 tried",
+    ),
+    Departure(
+        "classifier.lr and segmenter.lr in one_case_search.yaml",
+        "§6.2: learning-rate ranges suggested as future work",
+        "Optuna over both learning rates on folds 0 and 1 (beyond the seed)",
+        "the search sweep explores beyond the thesis",
+    ),
+)
+
+
+def seed_design(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The seed's value of each config key it gives one for (the arm's ``classifier.enabled``
+    and ``segmenter.positives_only`` are the thing compared and not listed). fastai v1
+    defaults count as the seed's where it trained with fastai (§3.5, §4.5)."""
+    design: dict[str, Any] = {
+        # Table 4.3, §4.4.1, §4.5
+        "classifier.arch": "resnext50_32x4d",
+        "classifier.weights": "imagenet",
+        "classifier.image_size": 224,
+        "classifier.epochs": 127,
+        "classifier.loss": "soft_f1",
+        "classifier.cutout_from_epoch": 70,
+        "classifier.augment": True,
+        "classifier.weight_decay": 1e-2,  # fastai v1 wd, true_wd
+        "classifier.moms": [0.95, 0.85],  # §3.6.3 cyclic momentum, fastai's values
+        # Tables 4.2, 4.4, §4.4.2, §5.3 ("baseline 12 bs")
+        "segmenter.encoder": "resnet34",
+        "segmenter.weights": "imagenet",
+        "segmenter.image_size": 256,
+        "segmenter.epochs": 18,
+        "segmenter.frozen_epochs": 6,
+        "segmenter.batch_size": 12,
+        "segmenter.augment": True,
+        "segmenter.jaccard_weight": 1.0,
+        **{f"segmenter.{name}_weight": 0.0 for name in SEG_LOSSES if name != "jaccard"},
+        "segmenter.weight_decay": 1e-2,
+        "segmenter.moms": [0.95, 0.85],
+        "segmenter.beta2": 0.99,  # fastai v1's Adam betas (0.9, 0.99)
+        "segmenter.train_bn": True,  # fastai v1's train_bn
+        # §5.2, Table 5.1, Algorithm 1
+        "posthoc.search": "grid",
+        "posthoc.cls_thresholds": [posthoc.THESIS_CLS_THRESHOLD],
+        "posthoc.min_areas": [0],
+        "posthoc.tta": ["none", "flip"],
+    }
+    if not configs.get("classifier", {}).get("enabled", True):
+        design = {k: v for k, v in design.items() if not k.startswith("classifier.")}
+    return design
+
+
+def pretrained_needs(configs: dict[str, dict[str, Any]]) -> list[Need]:
+    """The ImageNet starts of §4.5: the classifier (when the arm has one) and the U-Net's
+    encoder, each checked against its architecture's torchvision state dict."""
+    needs = [Need("segmenter.weights", configs["segmenter"]["encoder"])]
+    if configs["classifier"]["enabled"]:
+        needs.insert(0, Need("classifier.weights", configs["classifier"]["arch"]))
+    return needs
+
+
+_TINY = {"image_size": 64, "num_workers": 0, "batch_size": 8, "weights": "none"}
 METHOD = Method(
     name="one_case_cascade",
     seed="004_20d348af13e8b785.txt",
@@ -693,6 +960,16 @@ METHOD = Method(
     report=report,
     default_folds=FOLDS,
     progress_stage="segmenter",
+    paper=PAPER,
+    departures=DEPARTURES,
+    seed_design=seed_design,
+    pretrained=pretrained_needs,
+    # estimates (the seed reports no times): one GTX 2080-class GPU, mixed precision. The
+    # classifier: ~8.5k images a fold at 224 px through a ResNeXt-50 (~200 images/s) plus
+    # validation; the segmenter: the baseline's epoch over all ~8.5k images at 256 px (the
+    # One Case U-Net sees the ~1.9k positives, about a quarter of it); predict: both
+    # models, plain and flipped, on a fold's validation and test images (seconds in all)
+    epoch_seconds={"classifier": 60.0, "segmenter": 60.0, "predict": 30.0},
     metrics={
         "classifier": (*(f"classifier/val_{k}" for k in ("auc", "precision", "recall", "f1")), "classifier/val_auc_best"),
         "segmenter": (

@@ -4,7 +4,9 @@ The classifier and the U-Net predict the validation split once (:class:`Predicti
 with :func:`save_predictions`); the pixel threshold, the classifier threshold, a minimum mask
 area and test-time augmentation are then searched on those predictions without retraining
 (thesis §5.2 "post-processing": ArgMax, threshold search over (0.01, 1), TTA), and the chosen
-values are evaluated once on the test split. Classifier gating is the thesis' Algorithm 1
+values are evaluated once on the test split (:func:`thesis_space` is the thesis' own search:
+the pixel threshold and TTA; :func:`default_space` also tunes the classifier threshold and a
+minimum area, beyond the thesis). Classifier gating is the thesis' Algorithm 1
 (§4.1.2): the CNN empties the masks of the images it calls normal. Scores are those of §5.1
 and Table 5.1: the competition's Dice per image, global Dice and IoU.
 
@@ -241,9 +243,7 @@ class StatsCache:
         """Number of (TTA, level) entries computed so far."""
         return len(self._entries)
 
-    def stats(
-        self, tta: str, pixel_threshold: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def stats(self, tta: str, pixel_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(inter, area, true_area)``, each (N,) int64, as :func:`image_stats` returns them."""
         key = (tta, threshold_level(pixel_threshold, tta))
         if key not in self._entries:
@@ -329,13 +329,32 @@ class SearchSpace:
             _check_mode(mode)
 
 
-def default_space() -> SearchSpace:
-    """The default grid.
+#: The thesis' classifier gate (§4.1.2 Algorithm 1: the CNN's class decision, ``cnn_pred == 0``
+#: empties the mask): a two-class softmax calls an image abnormal at probability 0.5.
+THESIS_CLS_THRESHOLD = 0.5
 
-    From the thesis (§5.2): a pixel-threshold search inside (0.01, 1) and TTA by horizontal
-    flip against none. Choices of ours: pixel thresholds 0.05..0.95 step 0.05, classifier
-    thresholds 0.1..0.9 step 0.1 (the thesis gates at the CNN's class decision, i.e. 0.5),
-    minimum areas (0, 64, 256, 1024) pixels at the prediction size.
+
+def thesis_space() -> SearchSpace:
+    """The thesis' post-processing (§5.2, Table 5.1), the default of ``one_case_cascade``.
+
+    A pixel threshold searched in (0.01, 1) ("a series of thresholds between (0.01, 1)";
+    the step, 0.01, is ours), with and without the flip TTA; the classifier gates at its
+    class decision (:data:`THESIS_CLS_THRESHOLD`) and no minimum-area filter is applied
+    (the thesis has none).
+    """
+    return SearchSpace(
+        pixel_thresholds=tuple(round(0.01 * i, 2) for i in range(1, 100)),
+        cls_thresholds=(THESIS_CLS_THRESHOLD,),
+        min_areas=(0,),
+        tta=TTA_MODES,
+    )
+
+
+def default_space() -> SearchSpace:
+    """A wider grid, beyond the thesis (its search also tunes a minimum mask area and the
+    classifier threshold, which the thesis does not): pixel thresholds 0.05..0.95 step
+    0.05, classifier thresholds 0.1..0.9 step 0.1, minimum areas (0, 64, 256, 1024) pixels
+    at the prediction size, TTA none / flip. :func:`thesis_space` is the thesis' own.
     """
     return SearchSpace(
         pixel_thresholds=tuple(round(0.05 * i, 2) for i in range(1, 20)),
@@ -343,6 +362,17 @@ def default_space() -> SearchSpace:
         min_areas=(0, 64, 256, 1024),
         tta=TTA_MODES,
     )
+
+
+def thesis_row(
+    pred: Predictions, pixel_thresholds: Iterable[float], tta: str, cache: StatsCache | None = None
+) -> dict[str, float | int | str]:
+    """Table 5.1's Raw (``tta="none"``) or TTA (``tta="flip"``) row: the best of
+    ``pixel_thresholds`` by :func:`results_table`'s order, the classifier gating at
+    :data:`THESIS_CLS_THRESHOLD`, no minimum area. Returns that :func:`evaluate` row."""
+    cache = StatsCache(pred) if cache is None else cache
+    rows = (evaluate(pred, t, THESIS_CLS_THRESHOLD, 0, tta, cache=cache) for t in pixel_thresholds)
+    return results_table(rows).iloc[0].to_dict()
 
 
 def grid_search(pred: Predictions, space: SearchSpace) -> pd.DataFrame:

@@ -32,20 +32,34 @@ def _fg(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def soft_f1_loss(logits: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
-    """Soft-F1 loss of the image classifier (seed 004 §3.6.1, after Park).
+    """Soft-F1 loss of the image classifier (seed 004 §3.6.1), Park's ``F1_Loss`` [55]: the
+    mean of both classes' soft F1 scores.
 
-    ``logits``: (B,) or (B, 1) pre-sigmoid scores; ``target``: (B,) in {0, 1}. With
-    p = sigmoid(logits), TP = Σ p·y, FP = Σ p·(1−y), FN = Σ (1−p)·y over the batch,
-    loss = 1 − 2TP / (2TP + FP + FN + eps). Returns a scalar.
+    ``logits``: (B,) or (B, 1) one pre-sigmoid score, class probabilities (1 − p, p) with
+    p = sigmoid(logits) (the same as a two-logit softmax over (0, logit)); or (B, 2) two
+    logits, probabilities their softmax. ``target``: (B,) in {0, 1}. Per class c, with q_c
+    the class's probability and y_c its one-hot target, over the batch:
+    TP_c = Σ q_c·y_c, FP_c = Σ q_c·(1−y_c), FN_c = Σ (1−q_c)·y_c,
+    P_c = TP_c / (TP_c + FP_c + eps), R_c = TP_c / (TP_c + FN_c + eps),
+    F1_c = 2·P_c·R_c / (P_c + R_c + eps) clamped to [eps, 1 − eps];
+    loss = 1 − (F1_0 + F1_1) / 2. Returns a scalar.
     """
-    p = torch.sigmoid(logits.reshape(-1))
-    y = target.reshape(-1).to(p.dtype)
-    if p.shape != y.shape:
+    if logits.ndim == 2 and logits.shape[1] == 2:
+        probs = logits.float().softmax(1)
+    else:
+        p = torch.sigmoid(logits.float().reshape(-1))
+        probs = torch.stack([1 - p, p], 1)
+    y = target.reshape(-1).to(probs.dtype)
+    if probs.shape[0] != y.shape[0]:
         raise ValueError(f"logits {tuple(logits.shape)} do not match target {tuple(target.shape)}")
-    tp = (p * y).sum()
-    fp = (p * (1 - y)).sum()
-    fn = ((1 - p) * y).sum()
-    return 1 - 2 * tp / (2 * tp + fp + fn + eps)
+    onehot = torch.stack([1 - y, y], 1)
+    tp = (probs * onehot).sum(0)
+    fp = (probs * (1 - onehot)).sum(0)
+    fn = ((1 - probs) * onehot).sum(0)
+    precision = tp / (tp + fp + eps)
+    recall = tp / (tp + fn + eps)
+    f1 = (2 * precision * recall / (precision + recall + eps)).clamp(eps, 1 - eps)
+    return 1 - f1.mean()
 
 
 def jaccard_loss(logits: Tensor, target: Tensor, smooth: float = 0.0, eps: float = 1e-7) -> Tensor:

@@ -7,13 +7,15 @@ two conv3x3-BN-ReLU per block, a conv3x3 head), not fastai's ``DynamicUnet`` (pi
 self-attention option, final cross connection); the thesis' reproduction only needs a
 ResNet-34 U-Net trained with frozen, then unfrozen, encoder.
 
-Nothing is downloaded: the encoder is built with ``pretrained=False`` and ImageNet weights
-come from a local file through :func:`load_encoder_weights`.
+The encoder is built with ``pretrained=False``; its ImageNet weights (torchvision's, which
+fastai v1 used) come from a local state-dict file through :func:`load_encoder_weights`, the
+file the sweep driver resolved (:mod:`raysuite.methods.nn.pretrained`).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import timm
 import torch
@@ -108,13 +110,14 @@ class TimmUNet(nn.Module):
         return self.head(y)
 
     def freeze_encoder(self, frozen: bool) -> None:
-        """Freeze (``True``) or unfreeze the encoder: fastai's frozen epochs of seed 004
-        Table 4.2 (6 frozen + 12 unfrozen for the baseline).
+        """Hold (``True``) or release the encoder's BatchNorm statistics, for frozen epochs
+        of seed 004 Table 4.2 (6 frozen + 12 unfrozen) with ``train_bn`` off.
 
         Frozen: the encoder's BatchNorm layers stay in eval mode (running statistics fixed)
-        even under ``model.train()`` (fastai v1's default ``train_bn=True`` keeps them
-        training). Parameters keep ``requires_grad``: DDP registers them once, so the caller
-        freezes the weights by giving the encoder's parameter group a learning rate of 0.
+        even under ``model.train()``. fastai v1's default (``train_bn=True``) keeps them
+        training, so the recipe calls this only when ``train_bn`` is off. Parameters keep
+        ``requires_grad``: DDP registers them once, so the caller freezes the weights by
+        giving the encoder's parameter group a learning rate of 0.
         """
         self.encoder_frozen = frozen
         self.train(self.training)
@@ -128,7 +131,7 @@ class TimmUNet(nn.Module):
         return self
 
 
-def load_encoder_weights(model: TimmUNet, path: str) -> None:
+def load_encoder_weights(model: TimmUNet, path: str | Path) -> None:
     """Load a local ImageNet classification state dict of the encoder's architecture into
     ``model.encoder`` (see :func:`~raysuite.methods.nn.weights.load_imagenet_weights`)."""
     load_imagenet_weights(model.encoder, path)
