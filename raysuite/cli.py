@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from raysuite.data.ingest import LayoutError
 from raysuite.data.manifest import ManifestError
 from raysuite.data.privacy import SaltError
 from raysuite.spec import SOURCE_FORMATS, Spec, SpecError, load_spec, smoke
-from raysuite.spec_checks import check_data_present
+from raysuite.spec_checks import check_data_present, check_weight_files
 
 
 def _load(args: argparse.Namespace) -> Spec:
@@ -23,6 +24,7 @@ def _load(args: argparse.Namespace) -> Spec:
     spec = load_spec(args.spec, args.set)
     spec = smoke(spec) if args.smoke else spec
     check_data_present(spec, args.spec)
+    check_weight_files(spec, args.spec)
     return spec
 
 
@@ -45,6 +47,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raysuite.tune.sweep import run_single
 
     print(f"run {run_single(spec, address=args.address)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """What a sweep will run: trials and their stages, skipped configurations, weights,
+    totals, a device-hour estimate and the departures from the seed (nothing is trained)."""
+    spec = load_spec(args.spec, args.set)
+    spec = smoke(spec) if args.smoke else spec
+    check_weight_files(spec, args.spec)
+    from raysuite.tune.sweep_plan import render, sweep_plan
+
+    out = sweep_plan(spec, fetch=args.fetch)
+    print(json.dumps(out, indent=1, default=str) if args.json else render(out))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Each method with its paper, stages, headline metric and number of declared departures."""
+    from raysuite.methods import METHODS
+
+    for name, method in METHODS.items():
+        paper = method.paper.cite() if method.paper else "(no paper declared)"
+        print(f"{name} (seed {method.seed.split('_', 1)[0]}): {paper}")
+        print(f"  stages: {' -> '.join(method.stages)}; headline metric {method.monitor}; "
+              f"{len(method.departures)} departures declared (raysuite plan SPEC lists them)")  # fmt: skip
     return 0
 
 
@@ -73,6 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             spec = load_spec(path, args.set)
             if args.data:
                 check_data_present(spec, path)
+                check_weight_files(spec, path)
         print(f"ok  {path}")
     return 0
 
@@ -190,6 +218,15 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--smoke", action="store_true")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
     tr.set_defaults(func=cmd_train)
+    pl = sub.add_parser("plan", help="what a sweep will run, before it runs (nothing is trained)")
+    pl.add_argument("spec")
+    pl.add_argument("--json", action="store_true", help="the plan as JSON (trials, skipped, departures, ...)")
+    pl.add_argument("--smoke", action="store_true", help="plan the spec as --smoke would shrink it")
+    pl.add_argument("--fetch", action="store_true", help="download missing pretrained weights into the libraries' caches")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
+    pl.set_defaults(func=cmd_plan)
+    me = sub.add_parser("methods", help="the methods, with the paper each reproduces")
+    me.set_defaults(func=cmd_methods)
     va = sub.add_parser("validate", help="check sweeps/*.yaml, cluster.yaml, dashboards/*.json")
     va.add_argument("paths", nargs="*")
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep, on each sweep spec")
