@@ -149,7 +149,10 @@ def salted_key(value: str, kind: str = "p") -> str:
 
 def identifying_values(ds: object) -> list[str]:
     """The non-empty identifying strings a pydicom dataset carries, whole and split into
-    name parts (what a leak check looks for in written files)."""
+    name parts (what a leak check looks for in written files). A part that is a short number
+    (fewer than 6 digits, e.g. the 110 of "Synthetic Hospital 110 Hanoi") is not a value on
+    its own: it turns up by chance in any hex digest the outputs carry; the whole value it
+    came from is still looked for."""
     out = []
     for keyword in IDENTIFYING_KEYWORDS:
         value = getattr(ds, keyword, None)
@@ -160,5 +163,6 @@ def identifying_values(ds: object) -> list[str]:
             text = str(v).strip()
             if len(text) >= 3:
                 out.append(text)
-                out.extend(part for part in text.replace("^", " ").split() if len(part) >= 3)
+                parts = text.replace("^", " ").split()
+                out.extend(p for p in parts if len(p) >= 3 and not (p.isdigit() and len(p) < 6))
     return out
