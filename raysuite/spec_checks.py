@@ -14,7 +14,6 @@ from raysuite.spec import (
     IntRange,
     Spec,
     Uniform,
-    all_points,
     resolve_stage_configs,
 )
 from raysuite.spec_errors import SpecError, did_you_mean
@@ -162,14 +161,10 @@ def weights_problems(method: Any, configs: dict[str, dict[str, Any]]) -> list[tu
 def check_weight_files(spec: Spec, path: Any) -> None:
     """Each pretrained-weights file a configuration names exists (``sweep``, ``train`` and
     ``plan`` check it, as they check data roots; ``validate --data`` too)."""
-    from raysuite.methods import METHODS
-    from raysuite.methods.ledger import lookup
     from raysuite.methods.nn import pretrained
-    method = METHODS[spec.method]
-    for point in all_points(spec):
-        configs = resolve_stage_configs(spec, point, where="search")
-        for need in method.pretrained(configs):
-            value = lookup(configs, need.key)
-            source = pretrained.source_of(need.arch, value)
-            if isinstance(source, Path) and "://" not in str(value) and not source.is_file():
-                raise SpecError(path, need.key, f"{value}: no such weights file")
+    from raysuite.weight_resolution import every_need
+
+    for need, value in every_need(spec):
+        source = pretrained.source_of(need.arch, value)
+        if isinstance(source, Path) and "://" not in value and not source.is_file():
+            raise SpecError(path, need.key, f"{value}: no such weights file")

@@ -16,7 +16,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, SHOULD_CHECKPOINT, TRIAL_ID
 
 from raysuite.methods.base import ARTIFACT
 from raysuite.plan import TrialPlan, decode, plan
-from raysuite.spec import Spec
+from raysuite.spec import Spec, resolve_stage_configs
 from raysuite.track import mlflow_runs as track
 from raysuite.tune.outcome import CHECKPOINTED, COMPLETE, DIVERGED, classify
 from raysuite.tune.safe_callback import guarded
@@ -123,7 +123,7 @@ class MlflowTuneCallback(Callback):
     def _run(self, trial: Any) -> str:
         if trial.trial_id not in self.runs:
             overrides, repeat = decode(self.spec, trial.config)
-            configs = plan(self.spec, overrides, repeat).configs
+            configs = resolve_stage_configs(self.spec, {**overrides, **repeat}, where="search")
             p = plan(self.spec, overrides, repeat, self.weights.for_trial(self.spec, configs))
             name = f"{p.label} | {','.join(f'{k}={v}' for k, v in sorted(p.repeat.items())) or 'r0'}"
             self.runs[trial.trial_id] = track.child_run(

@@ -28,7 +28,15 @@ from raysuite.data import privacy
 from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.plan import POINT, decode, plan, point_indices
-from raysuite.spec import Spec, SpecError, config_id, config_label, repeat_points, skipped_points
+from raysuite.spec import (
+    Spec,
+    SpecError,
+    config_id,
+    config_label,
+    repeat_points,
+    resolve_stage_configs,
+    skipped_points,
+)
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import capacity, stage_cache
 from raysuite.tune.callbacks import (
@@ -86,7 +94,7 @@ def _driver(config: dict[str, Any], spec_json: str, storage: str, invocation: st
     spec = Spec.model_validate_json(spec_json)
     overrides, repeat = decode(spec, config)
     resolution = weight_resolution.Resolution(files=dict(weights or {}))
-    configs = plan(spec, overrides, repeat).configs
+    configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     missing = [need.key for need, _ in weight_resolution.needs(spec, configs) if need.key not in resolution.for_trial(spec, configs)]
     if missing:
         raise RuntimeError(f"pretrained weights of {', '.join(missing)} were not resolved before the sweep (unavailable)")
@@ -268,7 +276,7 @@ def run_single(spec: Spec, address: str | None = None) -> str:
     init_ray(address)
     check_capacity(spec)
     overrides, repeat = decode(spec, {POINT: point_indices(spec)[0]})
-    configs = plan(spec, overrides, repeat).configs
+    configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     resolution = weight_resolution.resolve(spec, storage)
     reason = resolution.reason(spec, configs)
     if reason:

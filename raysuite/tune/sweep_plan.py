@@ -45,6 +45,17 @@ def sweep_plan(spec: Spec, fetch: bool = False) -> dict[str, Any]:
     seconds = 0.0
     undeclared: set[str] = set()
     gpus = spec.resources.gpus_per_worker
+
+    def charge(name: str, cfg: dict[str, Any], times: int = 1) -> None:
+        """Count ``times`` computations of stage ``name`` and their declared device-seconds."""
+        nonlocal seconds
+        trainings[name] += times
+        cost = _stage_seconds(method.epoch_seconds, name, cfg, method.stages[name].recipe is not None)
+        if cost is None:
+            undeclared.add(name)
+        else:
+            seconds += times * cost * stage_world_size(spec, name) * (gpus if gpus > 0 else 1)
+
     if "grid" in studies(spec):
         for index in point_indices(spec, resolution.reason):
             overrides, repeat = decode(spec, {POINT: index})
@@ -62,15 +73,7 @@ def sweep_plan(spec: Spec, fetch: bool = False) -> dict[str, Any]:
                 else:
                     computes = True
                 if computes is True:
-                    trainings[name] += 1
-                    cost = _stage_seconds(
-                        method.epoch_seconds, name, p.configs[name], stage.recipe is not None
-                    )
-                    if cost is None:
-                        undeclared.add(name)
-                    else:
-                        devices = stage_world_size(spec, name) * (gpus if gpus > 0 else 1)
-                        seconds += cost * devices
+                    charge(name, p.configs[name])
                 stages[name] = {
                     "config": p.configs[name],
                     "key": key if hashed else None,
@@ -98,16 +101,8 @@ def sweep_plan(spec: Spec, fetch: bool = False) -> dict[str, Any]:
         # stage computed (ASHA stops some early; trials may share cached stages)
         base = plan(spec, {}, repeats[0], hash_data=False)
         for name, stage in method.stages.items():
-            if stage.skip(base.configs[name]):
-                continue
-            trainings[name] += n
-            cost = _stage_seconds(
-                method.epoch_seconds, name, base.configs[name], stage.recipe is not None
-            )
-            if cost is None:
-                undeclared.add(name)
-            else:
-                seconds += n * cost * stage_world_size(spec, name) * (gpus if gpus > 0 else 1)
+            if not stage.skip(base.configs[name]):
+                charge(name, base.configs[name], n)
     departures = departures_of(spec)
     unit = "GPU-hours" if gpus > 0 else "worker-hours"
     estimate = {
