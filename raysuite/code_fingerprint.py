@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 from pathlib import Path
 
 PACKAGE = "raysuite"
@@ -18,7 +19,11 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _source(module: str) -> Path | None:
-    """The file of raysuite module ``module`` (None: no such module, e.g. a class name)."""
+    """The file of ``module`` (None: no such module, e.g. a class name). A raysuite module is
+    found without importing anything; another (a method by import path) through its spec."""
+    if module.split(".")[0] != PACKAGE:
+        found = importlib.util.find_spec(module)
+        return Path(found.origin) if found is not None and found.origin else None
     parts = module.split(".")[1:]
     base = ROOT.joinpath(*parts)
     for path in (base / "__init__.py", base.with_suffix(".py") if parts else None):

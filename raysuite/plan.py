@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysuite.code_fingerprint import fingerprint
-from raysuite.methods import METHODS, MODULES
+from raysuite.methods import METHODS, module_of
 from raysuite.spec import (
     FOLD,
     Spec,
@@ -62,7 +62,7 @@ WORKER = "raysuite.tune.worker"  # the Ray Train worker: seeds, samplers, the ep
 def code_fingerprint(method: str) -> str:
     """Fingerprint of the code computing ``method``'s stages (its module, the Train worker
     and every raysuite module they import): :mod:`raysuite.code_fingerprint`."""
-    return fingerprint(MODULES[method]) + fingerprint(WORKER)
+    return fingerprint(module_of(method)) + fingerprint(WORKER)
 
 
 def stage_world_size(spec: Spec, stage: str) -> int:

@@ -23,11 +23,42 @@ MODULES = {
 }
 
 
+def module_of(name: str) -> str:
+    """The module of method ``name``: a registered name, or an import path
+    ``package.module:ATTR`` (a method of your own; its module must be importable on every
+    node). Raises KeyError for neither."""
+    if name in MODULES:
+        return MODULES[name]
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr.isidentifier():
+        raise KeyError(name)
+    return module
+
+
 class _Registry(Mapping[str, "Method"]):
-    """Read-only mapping name -> :class:`Method`, importing a method's module when asked."""
+    """Read-only mapping name -> :class:`Method`, importing a method's module when asked.
+    It lists the registered methods; an import path ``module:ATTR`` is looked up too."""
 
     def __getitem__(self, name: str) -> Method:
-        return importlib.import_module(MODULES[name]).METHOD
+        from raysuite.methods.base import Method
+
+        module = module_of(name)
+        try:
+            found = getattr(importlib.import_module(module), name.partition(":")[2] or "METHOD")
+        except (ImportError, AttributeError) as err:
+            raise KeyError(name) from err
+        if not isinstance(found, Method):
+            raise KeyError(name)
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(MODULES)
