@@ -200,6 +200,9 @@ class Resources(Strict):
     cpus_per_worker: float = Field(default=1, gt=0)
     max_concurrent_trials: int = Field(default=1, ge=1)
     max_failures: int = Field(default=2, ge=0)
+    # a trial computing a shared stage renews its claim; a claim not renewed for this long
+    # (its trial was killed, lost its node) passes to one of the trials waiting for the stage
+    stage_lease_s: float = Field(default=180, gt=0)
     # turns the report's GPU- and CPU-hours (wall time x reserved devices) into money
     price_per_gpu_hour: float | None = Field(default=None, ge=0)
     price_per_cpu_hour: float | None = Field(default=None, ge=0)
@@ -233,7 +236,14 @@ class Spec(Strict):
     def _known_method(cls, method: str) -> str:
         from raysuite.methods import METHODS
 
-        if method not in METHODS:
+        if ":" in method:
+            try:
+                METHODS[method]
+            except KeyError as err:
+                cause = err.__cause__
+                why = f"{type(cause).__name__}: {cause}" if cause else "it names no raysuite Method"
+                raise ValueError(f"method {method!r} (module:ATTR) cannot be loaded: {why}") from None
+        elif method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}{did_you_mean(method, METHODS)}")
         return method
 

@@ -25,6 +25,7 @@ from raysuite.methods.ledger import lookup
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.pretrained import STATE_FILE, Need, WeightsUnavailable
 from raysuite.spec import Spec, all_points, resolve_stage_configs
+from raysuite.storage import filesystem, join
 
 
 def ref(arch: str, value: str) -> str:
@@ -105,8 +106,8 @@ def store(state: dict[str, torch.Tensor], path: Path, arch: str, storage: str) -
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    uri = f"{storage.rstrip('/')}/weights/{arch}-{digest.hexdigest()[:16]}"
-    fs, base = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{Path(uri).absolute()}")
+    uri = join(storage, "weights", f"{arch}-{digest.hexdigest()[:16]}")
+    fs, base = filesystem(uri)
     if fs.get_file_info(f"{base}/{STATE_FILE}").type == pafs.FileType.File:
         return uri
     fs.create_dir(base, recursive=True)

@@ -9,6 +9,25 @@ os.environ["TORCH_HOME"] = os.path.join(_CACHES, "torch")
 os.environ["HF_HOME"] = os.path.join(_CACHES, "huggingface")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# A local S3 API (moto's server, started by the ``s3_server`` fixture) answers every s3://
+# URI of the tests. Its address is fixed here, before any test starts Ray: Ray's workers
+# inherit the environment of the process that starts it, and pyarrow reads the endpoint from
+# it. The keys are moto's dummies: no test can reach, or pay for, a real bucket.
+S3_ENDPOINT = f"http://127.0.0.1:{free_port()}"
+os.environ.update({"AWS_ENDPOINT_URL": S3_ENDPOINT, "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})  # fmt: skip
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -167,9 +186,68 @@ def ray_session():
     # the State API whether a stopped trial's controller is gone before it frees the trial's
     # worker group. Without it a trial stopped by the scheduler kept its CPUs and the next
     # TorchTrainer waited for them forever.
-    ray.init(num_cpus=2, log_to_driver=False)
+    # address "local": never a cluster `ray start` left running; a free dashboard port: the
+    # State API is up even when another Ray on the machine holds 8265
+    ray.init(address="local", num_cpus=2, log_to_driver=False, dashboard_port=free_port())
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (:data:`S3_ENDPOINT`), for the session."""
+    from moto.server import ThreadedMotoServer
+
+    host, port = S3_ENDPOINT.rsplit(":", 1)
+    server = ThreadedMotoServer(ip_address=host.removeprefix("http://"), port=int(port), verbose=False)
+    server.start()
+    yield S3_ENDPOINT
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket on the local S3 server: its ``s3://`` URI."""
+    import uuid
+
+    import boto3
+
+    name = f"raysuite-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory, monkeypatch):
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite store, artifacts proxied into a temporary
+    folder), as MLFLOW_TRACKING_URI: a sweep's driver then keeps nothing in its directory."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    base = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--artifacts-destination", str(base / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("mlflow server did not start") from None
+            time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 @pytest.fixture()
