@@ -122,11 +122,12 @@ class RungBook:
 
 class RepeatASHA(FIFOScheduler):
     """:class:`RungBook` as a Tune scheduler. ``config_of`` maps a trial's Tune config to its
-    configuration id (repeats share it); ``time_attr`` is the progress stage's epoch."""
+    configuration id (repeats share it), or None for a trial it leaves alone; ``time_attr`` is
+    the progress stage's epoch."""
 
     def __init__(
         self,
-        config_of: Callable[[dict[str, Any]], str],
+        config_of: Callable[[dict[str, Any]], str | None],
         repeats: int,
         time_attr: str,
         metric: str,
@@ -150,9 +151,13 @@ class RepeatASHA(FIFOScheduler):
         return True  # metric and mode are the spec's objective, given at construction
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self.book.add(trial.trial_id, self._config_of(trial.config))
+        config = self._config_of(trial.config)
+        if config is not None:  # None: a trial this scheduler does not prune (a grid beside Optuna)
+            self.book.add(trial.trial_id, config)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> Decision:
+        if trial.trial_id not in self.book.config_of:
+            return TrialScheduler.CONTINUE
         value = result.get(self._metric)
         signed = self._sign * float(value) if isinstance(value, int | float) else None
         return self.book.result(trial.trial_id, result.get(self._time_attr), signed)
