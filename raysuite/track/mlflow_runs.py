@@ -19,7 +19,10 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from raysuite.track import retry
 
 ROLE = "raysuite.role"
 TRIAL_KEY = "raysuite.trial_key"
@@ -125,6 +128,25 @@ def end_run(
     c.set_terminated(run_id, RunStatus.to_string(status))
 
 
+def close_run(
+    c: MlflowClient, run_id: str, failed: bool = False, killed: bool = False, tags: Mapping[str, str] | None = None
+) -> bool:
+    """:func:`end_run` for cleanup paths (``finally``, ``except``): retried on transient
+    errors, during an outage too; never raises an ``Exception`` (a failure is printed).
+    Returns whether the run was ended."""
+    return retry.attempt(f"end run {run_id}", end_run, c, run_id, failed=failed, killed=killed, tags=tags)
+
+
+def close_children(c: MlflowClient, parent_id: str) -> int | None:
+    """:func:`fail_unfinished_children` for cleanup paths, retried like :func:`close_run`
+    and never raising an ``Exception``. Returns the count, or None when it failed."""
+    try:
+        return retry.retried(fail_unfinished_children, c, parent_id, during_outage=True)
+    except Exception as err:  # noqa: BLE001 - cleanup must go on
+        retry.warn(f"could not fail the unfinished children of run {parent_id}: {retry.describe(err)}")
+        return None
+
+
 def logged_steps(c: MlflowClient, run_id: str) -> set[tuple[str, int]]:
     """Every (metric, step) the run holds: a resumed sweep logs none of them again."""
     run = c.get_run(run_id)
@@ -208,3 +230,14 @@ def read_text(c: MlflowClient, run_id: str, name: str) -> str | None:
 
 def metric_history(c: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in c.get_metric_history(run_id, key)]
+
+
+def run_exists(c: MlflowClient, run_id: str) -> bool:
+    """Whether the store behind ``c`` holds run ``run_id`` (a resumed sweep's parent)."""
+    try:
+        c.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True

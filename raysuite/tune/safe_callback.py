@@ -18,6 +18,7 @@ def guarded(hook: Callable[..., None]) -> Callable[..., None]:
         try:
             hook(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            print(f"[raysuite] tracking: {hook.__name__} failed and was skipped: {type(err).__name__}: {err}", flush=True)
+            text = " ".join(str(err).split())[:300]  # a failed request's message ends with the response body
+            print(f"[raysuite] tracking: {hook.__name__} failed and was skipped: {type(err).__name__}: {text}", flush=True)
 
     return safe
