@@ -178,6 +178,15 @@ def method_data(request, tmp_path):
     return data
 
 
+def start_local_ray() -> None:
+    """The tests' Ray: ``address="local"``, never a cluster that ``ray start`` left running;
+    the dashboard on a free port, so the State API is up even when another Ray on the
+    machine holds 8265."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, log_to_driver=False, dashboard_port=free_port())
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -186,9 +195,7 @@ def ray_session():
     # the State API whether a stopped trial's controller is gone before it frees the trial's
     # worker group. Without it a trial stopped by the scheduler kept its CPUs and the next
     # TorchTrainer waited for them forever.
-    # address "local": never a cluster `ray start` left running; a free dashboard port: the
-    # State API is up even when another Ray on the machine holds 8265
-    ray.init(address="local", num_cpus=2, log_to_driver=False, dashboard_port=free_port())
+    start_local_ray()
     yield
     ray.shutdown()
 

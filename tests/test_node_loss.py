@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import free_port
+from conftest import free_port, start_local_ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayActorError
 from ray.train import PreemptionError, WorkerGroupError
@@ -144,7 +144,7 @@ def cluster():
     ray.shutdown()
     cluster.shutdown()
     if restore:
-        ray.init(num_cpus=2, log_to_driver=False)  # as ray_session started it
+        start_local_ray()  # as ray_session started it
 
 
 def _train_workers(address: str, **filters: str) -> list[Any]:
