@@ -25,6 +25,7 @@ from raysuite.data import manifest
 from raysuite.data.cache import ShardCache
 from raysuite.data.datasets import run_ingest
 from raysuite.data.formats import vindr_cxr
+from raysuite.data.synth.vindr_cxr import synth as synth_vindr_cxr
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root, out = Path(tmp) / "vindr", Path(tmp) / "m.parquet"
-        vindr_cxr.synth(root, cases=args.images, seed=0, size=(args.size, args.size))
+        synth_vindr_cxr(root, cases=args.images, seed=0, size=(args.size, args.size))
         counts = run_ingest("vindr_cxr", root, out)
         df, meta = manifest.read(out)
         rows = {r["sample_id"]: r for r in df.to_dict("records")}

@@ -19,11 +19,12 @@ from PIL import Image
 
 from raysuite.data import manifest, privacy, slices
 from raysuite.data.datasets import errors_path, run_ingest
-from raysuite.data.dicom_writer import Identity, write_dicom
 from raysuite.data.formats import folder
 from raysuite.data.ingest import LayoutError
 from raysuite.data.readers import ReadError
 from raysuite.data.slices import SliceReader, read_slice
+from raysuite.data.synth.dicom_writer import Identity, write_dicom
+from raysuite.data.synth.folder import synth as synth_folder
 
 SIZE, SLICES = 32, 8
 
@@ -44,7 +45,7 @@ def _identities(root: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
-    written = folder.synth(root, cases=4, seed=0, size=SIZE, slices=SLICES)
+    written = synth_folder(root, cases=4, seed=0, size=SIZE, slices=SLICES)
     (root / ".raysuite-complete").write_text("synthetic\n")
     out = tmp_path_factory.mktemp("folder-manifest") / "m.parquet"
     return root, written, out, *_ingest(root, out)
@@ -165,7 +166,7 @@ def _mhd(path: Path, zyx: np.ndarray) -> Path:
 
 def test_broken_stray_and_ignored_files(tmp_path):
     root = tmp_path / "root"
-    folder.synth(root, cases=2, seed=3, size=SIZE, slices=SLICES)  # 1 NIfTI + a DICOM series
+    synth_folder(root, cases=2, seed=3, size=SIZE, slices=SLICES)  # 1 NIfTI + a DICOM series
     nifti = root / "sub-001/anat/t1.nii.gz"
     shutil.copy(nifti, root / "stray.nii.gz")  # no patient folder
     (root / "sub-001/anat/broken.nii.gz").write_bytes(b"not a nifti at all")
@@ -223,7 +224,7 @@ def test_a_root_without_image_files_is_a_layout_error(tmp_path):
 def test_synth_is_deterministic_in_seed(tmp_path):
     a, b, c = (tmp_path / n for n in "abc")
     for root, seed in ((a, 5), (b, 5), (c, 6)):
-        folder.synth(root, cases=2, seed=seed, size=16, slices=4)
+        synth_folder(root, cases=2, seed=seed, size=16, slices=4)
     hashes = [
         run_ingest("folder", r, tmp_path / f"{r.name}.parquet", workers=1)["hash"]
         for r in (a, b, c)

@@ -11,6 +11,7 @@ from raysuite.data import manifest, privacy
 from raysuite.data.datasets import errors_path, run_ingest
 from raysuite.data.formats import chestxray14 as cx
 from raysuite.data.ingest import LayoutError
+from raysuite.data.synth.chestxray14 import synth as synth_chestxray14
 
 SIZE = 64  # stored image size of the synthetic set (1024 in the published one)
 
@@ -18,7 +19,7 @@ SIZE = 64  # stored image size of the synthetic set (1024 in the published one)
 @pytest.fixture(scope="module")
 def cx_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("chestxray14")
-    counts = cx.synth(root, cases=10, seed=0, size=SIZE)
+    counts = synth_chestxray14(root, cases=10, seed=0, size=SIZE)
     assert counts["annotated_images"] >= 3 and counts["images"] > counts["patients"]
     return root, counts
 
@@ -140,7 +141,7 @@ def test_patients_are_salted_and_split_whole(cx_root, cx_manifest):
 
 
 def test_flat_images_folder(tmp_path):
-    cx.synth(tmp_path, cases=3, seed=1, size=32, split_folders=False)
+    synth_chestxray14(tmp_path, cases=3, seed=1, size=32, split_folders=False)
     result = run_ingest("chestxray14", tmp_path, tmp_path / "m.parquet", workers=1)
     df, _ = manifest.read(tmp_path / "m.parquet")
     assert result["failed"] == 0 and result["found"] == len(df) > 3

@@ -12,6 +12,7 @@ from raysuite.data.datasets import errors_path, run_ingest
 from raysuite.data.formats import luna16
 from raysuite.data.ingest import LayoutError
 from raysuite.data.readers import ImageMeta, read_mhd, read_mhd_header
+from raysuite.data.synth.luna16 import synth as synth_luna16
 
 HEADER_KEYS = [
     "ObjectType", "NDims", "BinaryData", "BinaryDataByteOrderMSB", "CompressedData",
@@ -23,7 +24,7 @@ HEADER_KEYS = [
 @pytest.fixture(scope="module")
 def luna_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("luna16")
-    counts = luna16.synth(root, cases=5, seed=0)
+    counts = synth_luna16(root, cases=5, seed=0)
     return root, counts
 
 
@@ -87,8 +88,8 @@ def test_synth_writes_the_published_layout(luna_root):
 
 def test_synth_is_deterministic(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert luna16.synth(a, cases=2, seed=3) == luna16.synth(b, cases=2, seed=3)
-    luna16.synth(c, cases=2, seed=4)
+    assert synth_luna16(a, cases=2, seed=3) == synth_luna16(b, cases=2, seed=3)
+    synth_luna16(c, cases=2, seed=4)
     assert (a / "candidates_V2.csv").read_bytes() == (b / "candidates_V2.csv").read_bytes()
     raws = sorted(p.relative_to(a) for p in a.rglob("*.raw"))
     assert raws == sorted(p.relative_to(b) for p in b.rglob("*.raw"))

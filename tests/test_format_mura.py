@@ -13,12 +13,13 @@ from raysuite.data import manifest, privacy
 from raysuite.data.datasets import errors_path, run_ingest
 from raysuite.data.formats import mura
 from raysuite.data.ingest import LayoutError
+from raysuite.data.synth.mura import synth as synth_mura
 
 
 @pytest.fixture(scope="module")
 def mura_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mura")
-    counts = mura.synth(root, cases=8, seed=0)
+    counts = synth_mura(root, cases=8, seed=0)
     return root, counts
 
 

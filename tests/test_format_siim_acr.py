@@ -16,10 +16,11 @@ from hypothesis.extra.numpy import arrays
 
 from raysuite.data import manifest, rle
 from raysuite.data.datasets import errors_path, run_ingest
-from raysuite.data.dicom_writer import Identity, write_dicom
 from raysuite.data.formats import siim_acr
 from raysuite.data.ingest import LayoutError
 from raysuite.data.readers import read_dicom
+from raysuite.data.synth.dicom_writer import Identity, write_dicom
+from raysuite.data.synth.siim_acr import synth as synth_siim_acr
 
 SIZE = 64
 IDENTITY_KEYWORDS = (
@@ -111,7 +112,7 @@ def expected_mask(encodings: list[str], height: int, width: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def siim_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("siim")
-    counts = siim_acr.synth(root, cases=12, seed=0, size=SIZE)
+    counts = synth_siim_acr(root, cases=12, seed=0, size=SIZE)
     assert counts == {
         "train": 12,
         "test": 3,
@@ -143,7 +144,7 @@ def test_rle_hand_worked_example():
     assert starts.tolist() == [1, 6, 14] and lengths.tolist() == [3, 3, 2]
     assert rle.extent(HAND_RLE) == 16 and rle.extent("-1") == 0
     # not the absolute, 1-based RLE of other Kaggle competitions: read as relative, it overruns
-    with pytest.raises(rle.RLEOverrunError):
+    with pytest.raises(rle.RLEOverrunError, match="runs end at pixel 32, past the 4x4 image"):
         rle.decode("2 3 7 3 15 2", 4, 4)
     assert rle.encode(np.zeros((4, 4))) == "-1"
     assert not rle.decode("-1", 3, 5).any() and rle.decode(" -1 ", 3, 5).shape == (3, 5)
@@ -204,7 +205,7 @@ def test_rle_rejects_malformed(encoding, message):
 
 def test_rle_overrun_is_a_distinct_error():
     assert rle.decode("0 16", 4, 4).all()
-    with pytest.raises(rle.RLEOverrunError) as info:
+    with pytest.raises(rle.RLEOverrunError, match="runs end at pixel 17, past the 4x4 image") as info:
         rle.decode("0 17", 4, 4)
     assert info.value.needed == 17 and (info.value.height, info.value.width) == (4, 4)
 
@@ -231,7 +232,7 @@ def test_synth_writes_the_published_layout(siim_root, tmp_path):
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
     # deterministic: the same seed writes the same bytes
     again = tmp_path / "again"
-    siim_acr.synth(again, cases=12, seed=0, size=SIZE)
+    synth_siim_acr(again, cases=12, seed=0, size=SIZE)
 
     def digest(root: Path) -> dict[str, str]:
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -303,7 +304,7 @@ def test_patients_are_salted_keys_and_studies_group(siim_root, ingested):
 
 def test_stage2_csv_labels_the_test_images(tmp_path):
     root = tmp_path / "stage2"
-    counts = siim_acr.synth(root, cases=4, seed=1, size=32, stage=2)
+    counts = synth_siim_acr(root, cases=4, seed=1, size=32, stage=2)
     assert not (root / "train-rle.csv").exists()
     assert (root / "stage_2_train.csv").read_text().startswith("ImageId,EncodedPixels\n")
     assert ",-1\n" in (root / "stage_2_train.csv").read_text()

@@ -14,9 +14,10 @@ import pytest
 
 from raysuite.data import intensity, manifest
 from raysuite.data.datasets import errors_path, run_ingest
-from raysuite.data.dicom_writer import Identity, write_dicom
 from raysuite.data.formats import vindr_cxr as vd
 from raysuite.data.ingest import LayoutError, Ledger
+from raysuite.data.synth.dicom_writer import Identity, write_dicom
+from raysuite.data.synth.vindr_cxr import synth as synth_vindr_cxr
 
 COORDS = ["x_min", "y_min", "x_max", "y_max"]
 CASES = 12
@@ -26,7 +27,7 @@ CASES = 12
 def kaggle(tmp_path_factory):
     """A Kaggle-layout root (12 labelled + 2 unlabelled test images) and its manifest."""
     root = tmp_path_factory.mktemp("vindr_kaggle")
-    counts = vd.synth(root, cases=CASES, seed=0, test_cases=2)
+    counts = synth_vindr_cxr(root, cases=CASES, seed=0, test_cases=2)
     out = tmp_path_factory.mktemp("vindr_kaggle_out") / "manifest.parquet"
     result = run_ingest("vindr_cxr", root, out, workers=1)
     df, meta = manifest.read(out)
@@ -385,8 +386,8 @@ def test_workers_give_the_same_manifest(kaggle, tmp_path):
 
 
 def test_synth_is_deterministic(tmp_path):
-    a = vd.synth(tmp_path / "a", cases=3, seed=5)
-    b = vd.synth(tmp_path / "b", cases=3, seed=5)
+    a = synth_vindr_cxr(tmp_path / "a", cases=3, seed=5)
+    b = synth_vindr_cxr(tmp_path / "b", cases=3, seed=5)
     assert a == b
     assert (tmp_path / "a" / "train.csv").read_bytes() == (
         tmp_path / "b" / "train.csv"
@@ -396,7 +397,7 @@ def test_synth_is_deterministic(tmp_path):
     for name in names:
         pa_, pb_ = (pydicom.dcmread(tmp_path / d / "train" / name).pixel_array for d in "ab")
         np.testing.assert_array_equal(pa_, pb_)
-    vd.synth(tmp_path / "c", cases=3, seed=6)
+    synth_vindr_cxr(tmp_path / "c", cases=3, seed=6)
     assert (tmp_path / "a" / "train.csv").read_bytes() != (
         tmp_path / "c" / "train.csv"
     ).read_bytes()
@@ -404,7 +405,7 @@ def test_synth_is_deterministic(tmp_path):
 
 def test_physionet_variant_with_test_split_and_dcm(tmp_path):
     root = tmp_path / "physionet"
-    counts = vd.synth(root, cases=4, seed=2, layout="physionet", test_cases=3)
+    counts = synth_vindr_cxr(root, cases=4, seed=2, layout="physionet", test_cases=3)
     assert (root / "annotations" / "annotations_train.csv").read_text().splitlines()[0] == (
         "image_id,rad_id,x_min,y_min,x_max,y_max,class_name"
     )
@@ -451,7 +452,7 @@ def _identity_strings(train: Path) -> set[str]:
 
 def test_corrupted_inputs_become_error_rows(tmp_path):
     root = tmp_path / "root"
-    vd.synth(root, cases=10, seed=1)
+    synth_vindr_cxr(root, cases=10, seed=1)
     secrets_ = _identity_strings(root / "train")
     train = root / "train"
     csv_path = root / "train.csv"
@@ -549,13 +550,13 @@ def test_identity_never_reaches_the_manifest(kaggle):
 
 def test_missing_column_is_a_layout_error(tmp_path):
     root = tmp_path / "k"
-    vd.synth(root, cases=2, seed=3)
+    synth_vindr_cxr(root, cases=2, seed=3)
     csv = pd.read_csv(root / "train.csv", dtype=str)
     csv.drop(columns=["class_id"]).to_csv(root / "train.csv", index=False)
     with pytest.raises(LayoutError, match="class_id"):
         run_ingest("vindr_cxr", root, tmp_path / "m.parquet")
     phys = tmp_path / "p"
-    vd.synth(phys, cases=2, seed=3, layout="physionet")
+    synth_vindr_cxr(phys, cases=2, seed=3, layout="physionet")
     path = phys / "annotations" / "annotations_train.csv"
     pd.read_csv(path, dtype=str).drop(columns=["x_max"]).to_csv(path, index=False)
     with pytest.raises(LayoutError, match="x_max"):
@@ -571,12 +572,12 @@ def test_root_that_is_not_the_layout(tmp_path):
     only_csv = tmp_path / "only_csv"
     only_csv.mkdir()
     (only_csv / "train.csv").write_text(",".join(vd.KAGGLE_COLUMNS) + "\n")
-    with pytest.raises(LayoutError) as err:
+    with pytest.raises(LayoutError, match=r"only_csv/train: image folder missing \(train\.csv names its DICOMs there\)") as err:
         run_ingest("vindr_cxr", only_csv, tmp_path / "m.parquet")
     assert err.value.path == str(only_csv / "train")
     root = tmp_path / "phys"
-    vd.synth(root, cases=1, seed=4, layout="physionet")
+    synth_vindr_cxr(root, cases=1, seed=4, layout="physionet")
     (root / "annotations" / "annotations_test.csv").write_text(",".join(vd.TEST_COLUMNS) + "\n")
-    with pytest.raises(LayoutError) as err:
+    with pytest.raises(LayoutError, match=r"phys/test: image folder missing \(annotations_test\.csv names its DICOMs there\)") as err:
         run_ingest("vindr_cxr", root, tmp_path / "m.parquet")
     assert err.value.path == str(root / "test")

@@ -15,6 +15,8 @@ import timm
 import torch
 
 from raysuite import weight_resolution
+from raysuite.data import pretrain_pool, transfer_tasks
+from raysuite.data.sources import source_data
 from raysuite.methods import METHODS
 from raysuite.methods import genesis_cls as gc
 from raysuite.methods.nn import pretrained
@@ -24,8 +26,8 @@ from raysuite.methods.nn.genesis_models import (
     load_imagenet_encoder,
     transfer_encoder,
 )
-from raysuite.plan import POINT, decode, plan, point_indices
-from raysuite.spec import SpecError, all_points, load_spec, resolve_stage_configs, skipped_points
+from raysuite.plan import POINT, all_points, decode, grid_trials, plan, skipped_points
+from raysuite.spec import SpecError, load_spec, resolve_stage_configs
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
@@ -84,11 +86,11 @@ def test_imagenet_arms_need_only_the_library_cache(spec_path, pretrained_cache):
         and "ResNet18_Weights.IMAGENET1K_V1" in skipped[0][1]
     )
     assert "not in the cache" in skipped[0][1]
-    assert len(point_indices(spec, _unavailable(spec))) == 4 * 3
+    assert len(grid_trials(spec, _unavailable(spec))) == 4 * 3
     assert skipped_points(spec) == []  # the method itself refuses nothing
     pretrained_cache.place("resnet18")
     assert skipped_points(spec, _unavailable(spec)) == []
-    assert len(point_indices(spec, _unavailable(spec))) == 6 * 3
+    assert len(grid_trials(spec, _unavailable(spec))) == 6 * 3
     needs = {
         p["pretrain.init"]: METHOD.pretrained(resolve_stage_configs(spec, p, where="search"))
         for p in all_points(spec)
@@ -135,13 +137,13 @@ def test_a_weights_file_that_does_not_fit_the_encoder_is_refused(
 
 def test_pretraining_is_shared_by_folds_and_tasks_and_absent_for_scratch(spec_path):
     spec = load_spec(spec_path())
-    plans = [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
+    plans = [plan(spec, *decode(spec, {POINT: point})) for point in grid_trials(spec)]
     genesis = [p for p in plans if p.configs["pretrain"]["init"] == "genesis"]
     assert len({p.keys["pretrain"] for p in genesis}) == 1
     assert len({p.keys["finetune"] for p in genesis}) == len(genesis)
     scratch = [p for p in plans if p.configs["pretrain"]["init"] == "scratch"]
-    assert not METHOD.stages["pretrain"].skip(genesis[0].configs["pretrain"])
-    assert all(METHOD.stages["pretrain"].skip(p.configs["pretrain"]) for p in scratch)
+    assert not METHOD.stages["pretrain"].skips(genesis[0].configs["pretrain"])
+    assert all(METHOD.stages["pretrain"].skips(p.configs["pretrain"]) for p in scratch)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +263,7 @@ def test_plateau_scales_after_patience_and_replays_identically():
 def test_random_affine_identity_flip_and_shift():
     image = torch.arange(36, dtype=torch.float32).reshape(1, 6, 6)
     rng = np.random.default_rng(0)
-    same = gc.random_affine(image, rng, (1.0, 1.0), 0.0, flips=False)
+    same = transfer_tasks.random_affine(image, rng, (1.0, 1.0), 0.0, flips=False)
     assert torch.allclose(same, image, atol=1e-4)
 
     class Always:  # uniform draws at their bounds' centre, flips always
@@ -271,7 +273,7 @@ def test_random_affine_identity_flip_and_shift():
         def random(self):
             return 0.0
 
-    flipped = gc.random_affine(image, Always(), (1.0, 1.0), 0.0)
+    flipped = transfer_tasks.random_affine(image, Always(), (1.0, 1.0), 0.0)
     assert torch.allclose(flipped, image.flip(-1).flip(-2), atol=1e-4)
 
     class Shift(Always):
@@ -281,7 +283,7 @@ def test_random_affine_identity_flip_and_shift():
         def random(self):
             return 1.0
 
-    shifted = gc.random_affine(image, Shift(), (1.0, 1.0), 0.0, shift_px=(1.0, 2.0), flips=False)
+    shifted = transfer_tasks.random_affine(image, Shift(), (1.0, 1.0), 0.0, shift_px=(1.0, 2.0), flips=False)
     assert torch.allclose(
         shifted[0, 1:, 2:], image[0, :-1, :-2], atol=1e-4
     )  # content moves down 1, right 2
@@ -290,21 +292,21 @@ def test_random_affine_identity_flip_and_shift():
 def test_luna_folds_hold_out_subset_pairs_and_keep_a_tenth_of_negatives(genesis_sources, tmp_path):
     data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
     cfg = gc.FinetuneConfig()
-    train, val = gc.luna_split(data, 2, cfg)
+    train, val = transfer_tasks.luna_split(data, 2, cfg)
     assert set(val.source_split) == {"subset4", "subset5"}
     assert not set(train.source_split) & {"subset4", "subset5"}
     df, _ = gc.ensure_manifest(data)
-    labels = gc._labels(df, "luna16")
+    labels = transfer_tasks.task_labels(df, "luna16")
     kept = pd.concat([train, val])
-    assert gc._labels(kept, "luna16").sum() == labels.sum()
-    assert (1 - gc._labels(kept, "luna16")).sum() == pytest.approx(0.1 * (1 - labels).sum(), abs=10)
+    assert transfer_tasks.task_labels(kept, "luna16").sum() == labels.sum()
+    assert (1 - transfer_tasks.task_labels(kept, "luna16")).sum() == pytest.approx(0.1 * (1 - labels).sum(), abs=10)
 
 
 def test_mura_keeps_one_body_part_on_its_own_split(genesis_sources, tmp_path):
     data = {**genesis_sources["sources"]["mura"], "cache_dir": str(tmp_path / "cache")}
     df, _ = gc.ensure_manifest(data)
     part = next(p for p in df[df.source_split == "valid"].path.str.split("/").str[2])
-    train, val = gc.mura_split(data, gc.FinetuneConfig(body_part=part))
+    train, val = transfer_tasks.mura_split(data, gc.FinetuneConfig(body_part=part))
     assert set(train.source_split) == {"train"} and set(val.source_split) == {"valid"}
     assert all(f"/{part}/" in p for p in pd.concat([train, val]).path)
     assert len(train) + len(val) == df.path.str.contains(f"/{part}/").sum()
@@ -403,13 +405,13 @@ def test_the_default_pool_leaves_out_the_transfer_tasks_held_out_data(genesis_so
     entry without source_splits."""
     data = {**genesis_sources, "cache_dir": str(tmp_path / "cache")}
     METHOD.prepare_data(data)
-    sources, _ = gc.pool_sources(data, gc.PretrainConfig())
+    sources, _ = pretrain_pool.pool_sources(data, gc.PretrainConfig())
     assert [s.name for s in sources] == ["cxr14", "flare", "brain", "mura"]
     mura = next(s for s in sources if s.name == "mura")
-    full, _ = gc.ensure_manifest(gc.source_data(data, "mura"))
+    full, _ = gc.ensure_manifest(source_data(data, "mura"))
     assert set(full.source_split) == {"train", "valid"} and set(mura.rows.source_split) == {"train"}
     assert len(mura.rows) == (full.source_split == "train").sum()
-    named, _ = gc.pool_sources(data, gc.PretrainConfig(pool={"mura": {}, "brain": {}}))
+    named, _ = pretrain_pool.pool_sources(data, gc.PretrainConfig(pool={"mura": {}, "brain": {}}))
     assert set(named[0].rows.source_split) == {"train"} and len(named) == 2
     table = gc.pooling.build_pool(sources, seed=0)
     assert not table.source.eq("luna").any()
@@ -423,13 +425,13 @@ def test_val_fraction_carves_a_validation_part_by_patient_and_drives_the_plateau
 ):
     data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
     cfg = gc.FinetuneConfig(val_fraction=0.25, image_size=64)
-    train, held, part = gc.task_datasets(data, 1, cfg)
+    train, held, part = transfer_tasks.task_datasets(data, 1, cfg)
     assert part is not None and len(part.ids) > 0
     rows, _ = gc.ensure_manifest(data)
     patients = rows.set_index("sample_id").patient_key
     assert not set(patients[train.ids]) & set(patients[part.ids])
     assert not set(part.ids) & set(held.ids)  # the held-out fold stays whole
-    clean, held_again, none = gc.task_datasets(data, 1, gc.FinetuneConfig(image_size=64))
+    clean, held_again, none = transfer_tasks.task_datasets(data, 1, gc.FinetuneConfig(image_size=64))
     assert none is None and held_again.ids == held.ids
     assert sorted(clean.ids) == sorted(train.ids + part.ids)
     share = len(part.ids) / (len(part.ids) + len(train.ids))
@@ -451,7 +453,7 @@ def test_val_fraction_carves_a_validation_part_by_patient_and_drives_the_plateau
 def test_luna_patches_lie_on_the_configured_planes(genesis_sources, tmp_path):
     """Training draws each candidate's plane per epoch; evaluation keeps one per candidate."""
     data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
-    train, held, _ = gc.task_datasets(data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8))
+    train, held, _ = transfer_tasks.task_datasets(data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8))
     assert [c.ids == train.caches[0].ids for c in train.caches] == [True] * 3
     i = 0
     views = [train.caches[p][train.ids[i]] for p in range(3)]
@@ -467,7 +469,7 @@ def test_luna_patches_lie_on_the_configured_planes(genesis_sources, tmp_path):
     assert held.planes is not None and set(held.planes) <= {0, 1, 2}
     first = [held[k][0] for k in range(4)]
     assert all(torch.equal(a, held[k][0]) for k, a in enumerate(first))
-    axial, _, _ = gc.task_datasets(
+    axial, _, _ = transfer_tasks.task_datasets(
         data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8, planes=["axial"])
     )
     assert len(axial.caches) == 1

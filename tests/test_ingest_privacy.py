@@ -18,8 +18,13 @@ import pytest
 
 from raysuite.data import manifest
 from raysuite.data.datasets import errors_path
-from raysuite.data.dicom_writer import Identity, write_dicom
-from raysuite.data.formats import chestxray14, flare22, folder, luna16, vindr_cxr
+from raysuite.data.formats import folder
+from raysuite.data.synth.chestxray14 import synth as synth_chestxray14
+from raysuite.data.synth.dicom_writer import Identity, write_dicom
+from raysuite.data.synth.flare22 import synth as synth_flare22
+from raysuite.data.synth.folder import synth as synth_folder
+from raysuite.data.synth.luna16 import synth as synth_luna16
+from raysuite.data.synth.vindr_cxr import synth as synth_vindr_cxr
 
 RAYSUITE = Path(sys.executable).with_name("raysuite")
 PATIENT = Identity(
@@ -68,7 +73,7 @@ def collection(tmp_path_factory):
     reason per ROOT-relative path, paths that must be ingested)."""
     base = tmp_path_factory.mktemp("collection")
     root, outside = base / "root", base / "outside"
-    folder.synth(root, cases=2, seed=0, size=16, slices=4)  # sub-001 NIfTI, sub-002 4 DICOMs
+    synth_folder(root, cases=2, seed=0, size=16, slices=4)  # sub-001 NIfTI, sub-002 4 DICOMs
     outside.mkdir()
     _dicom(outside / "elsewhere.dcm")
     (outside / "series").mkdir()
@@ -197,18 +202,18 @@ def test_name_matched_formats_fail_duplicates_instead_of_dropping_them(tmp_path)
     """VinDr (X.dcm beside X.dicom), ChestX-ray14 (one name in two image folders), FLARE22
     and LUNA16 (one case or series in two folders) match images by name."""
     roots = {name: tmp_path / name for name in ("vindr", "cx", "flare", "luna")}
-    vindr_cxr.synth(roots["vindr"], cases=4, seed=0, size=(64, 80))
+    synth_vindr_cxr(roots["vindr"], cases=4, seed=0, size=(64, 80))
     twin = sorted((roots["vindr"] / "train").glob("*.dicom"))[0]
     shutil.copy(twin, twin.with_suffix(".dcm"))
-    chestxray14.synth(roots["cx"], cases=4, seed=0, size=64)
+    synth_chestxray14(roots["cx"], cases=4, seed=0, size=64)
     copy = sorted(roots["cx"].glob("images*/**/*.png"))[0]
     (roots["cx"] / "images_999" / "images").mkdir(parents=True)
     shutil.copy(copy, roots["cx"] / "images_999" / "images" / copy.name)
-    flare22.synth(roots["flare"], cases=2, seed=0, size=32, slices=8)
+    synth_flare22(roots["flare"], cases=2, seed=0, size=32, slices=8)
     case = sorted(roots["flare"].rglob("*_0000.nii.gz"))[0]
     (roots["flare"] / "extra").mkdir()
     shutil.copy(case, roots["flare"] / "extra" / case.name)
-    luna16.synth(roots["luna"], cases=2, seed=0)
+    synth_luna16(roots["luna"], cases=2, seed=0)
     scan = sorted(roots["luna"].glob("subset*/*.mhd"))[0]
     (roots["luna"] / "subset9").mkdir(exist_ok=True)
     for part in (scan, scan.with_suffix(".raw")):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from raysuite.data import formats, manifest, privacy
+from raysuite.data import formats, manifest, privacy, synth
 from raysuite.data.ingest import LayoutError, Ledger, default_workers
 
 
@@ -142,7 +142,7 @@ def prepare(data: dict[str, Any], present: Callable[[Path], bool], default_cases
         with open(str(root) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (root / ".raysuite-complete").exists():
-                formats.get(data["format"]).synth(root, cases=data.get("synthetic_cases") or default_cases, seed=0)
+                synth.get(data["format"]).synth(root, cases=data.get("synthetic_cases") or default_cases, seed=0)
                 (root / ".raysuite-complete").write_text("synthetic\n")
     ensure_manifest(data)
 

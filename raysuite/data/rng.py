@@ -31,3 +31,15 @@ class ProcessRng:
     def torch(self) -> torch.Generator:
         self._refresh()
         return self._torch
+
+
+class ItemDraws:
+    """Per-item random generators that differ across epochs and DataLoader workers and are
+    reproducible from torch's seed (``torch.initial_seed`` differs per worker and epoch)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def rng(self, index: int) -> np.random.Generator:
+        self.calls += 1
+        return np.random.default_rng((torch.initial_seed() % 2**63, index, self.calls))

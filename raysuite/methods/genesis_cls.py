@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -54,13 +54,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from raysuite.data import manifest
 from raysuite.data import pool as pooling
 from raysuite.data.cache import ShardCache
-from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
+from raysuite.data.datasets import ensure_manifest
 from raysuite.data.formats import luna16, mura
-from raysuite.data.slices import SliceReader
-from raysuite.methods.base import ARTIFACT, Method, StageConfig, StageDef, StageInputs
+from raysuite.data.pretrain_pool import (
+    PoolEntry,
+    PoolSliceLoader,
+    RestorationPairs,
+    held_out_in_pool,
+    pool_sources,
+    pool_table,
+)
+from raysuite.data.sources import prepare_data, source_data, task_source
+from raysuite.data.transfer_tasks import task_datasets
+from raysuite.methods.base import (
+    ARTIFACT,
+    Method,
+    OptimConfig,
+    StageConfigs,
+    StageDef,
+    StageInputs,
+)
 from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.cls_metrics import roc_auc
@@ -86,7 +101,7 @@ INITS = ("scratch", "genesis", "imagenet")
 _T = GenesisTransforms()
 
 
-class GenesisStageConfig(StageConfig):
+class GenesisStageConfig(OptimConfig):
     epochs: int = Field(13, ge=1)
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
@@ -97,18 +112,6 @@ class GenesisStageConfig(StageConfig):
     num_workers: int = Field(4, ge=0)
     amp: bool = True
     max_train_images: int | None = Field(None, ge=1)  # smoke runs
-
-
-class PoolEntry(BaseModel):
-    """Sampling of one source in the pool (§3.1.5): slices per patient (None: all), patients
-    (None: all, as the seed)."""
-
-    model_config = ConfigDict(extra="forbid")
-    slices_per_patient: int | None = Field(None, ge=1)
-    max_patients: int | None = Field(None, ge=1)
-    # keep only these of the dataset's own splits; None: every split but a transfer task's
-    # held-out ones (MURA keeps train: its valid split is the MURA test set)
-    source_splits: list[str] | None = None  # None: MURA keeps train, other formats all
 
 
 class TransformsConfig(BaseModel):
@@ -160,7 +163,8 @@ class PretrainConfig(GenesisStageConfig):
     cache_size: int = Field(512, ge=32)  # slices are cached square at this side
     crop: int = Field(448, ge=32)  # §3.1.8: random 448 clips …
     input_size: int = Field(224, ge=32)  # … resized to 224
-    transforms: TransformsConfig = TransformsConfig()
+    # pyright reads pydantic's positional Field(default) as no default: every field has one
+    transforms: TransformsConfig = TransformsConfig()  # pyright: ignore[reportCallIssue]
     epochs: int = Field(100, ge=1)
     lr: float = Field(1.0, gt=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
@@ -233,329 +237,8 @@ class FinetuneConfig(GenesisStageConfig):
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def source_data(data: dict[str, Any], name: str) -> dict[str, Any]:
-    """Source ``name`` of ``data.sources`` as a single-dataset data section."""
-    return {**data["sources"][name], "cache_dir": data.get("cache_dir")}
-
-
-def prepare_data(data: dict[str, Any]) -> None:
-    """Synthesise missing sources (when allowed) and ingest each once."""
-    for name in data["sources"]:
-        prepare(source_data(data, name), lambda root: any(root.iterdir()), default_cases=12)
-
-
-def task_source(data: dict[str, Any], task: str) -> str:
-    """The one source of format ``task``."""
-    names = [n for n, s in data["sources"].items() if s["format"] == task]
-    if len(names) != 1:
-        raise ValueError(
-            f"finetune.task {task!r} needs exactly one data source of format {task!r}, found {names}"
-        )
-    return names[0]
-
-
-# The splits of a transfer task's source that are its held-out data, which the pool never
-# takes: MURA's ``valid`` split is the MURA test set (§4.2.4.4); every LUNA16 subset is some
-# fold's test set (§4.2.1.7) and one pretraining serves every fold, so none may join (the
-# seed leaves LUNA16 out of the pool, §5.1). None: every split.
-HELD_OUT_SPLITS: dict[str, list[str] | None] = {"mura": ["valid"], "luna16": None}
-
-
-def pool_splits(fmt: str, entry: PoolEntry) -> list[str] | None:
-    """The source splits a pool entry keeps (None: all): its ``source_splits``, else every
-    split but a transfer task's held-out ones (MURA: ``train``; see :data:`HELD_OUT_SPLITS`)."""
-    if entry.source_splits is not None:
-        return entry.source_splits
-    return ["train"] if fmt == "mura" else None
-
-
-def held_out_in_pool(fmt: str, entry: PoolEntry) -> str | None:
-    """Why a pool entry of format ``fmt`` would take a transfer task's held-out data, or None."""
-    if fmt not in HELD_OUT_SPLITS:
-        return None
-    held = HELD_OUT_SPLITS[fmt]
-    if held is None:
-        return f"a {fmt} source is the transfer task's cross-validated data (each part is some fold's test set)"
-    kept = pool_splits(fmt, entry)
-    taken = sorted(set(held) & set(kept)) if kept is not None else held
-    return f"keeps {fmt}'s held-out split(s) {taken} (the transfer test set)" if taken else None
-
-
-def default_pool(data: dict[str, Any]) -> list[str]:
-    """The sources an empty ``pretrain.pool`` takes: every one but those whose every split
-    is a transfer task's held-out data (LUNA16)."""
-    return [
-        n for n, s in data["sources"].items() if HELD_OUT_SPLITS.get(s["format"], []) is not None
-    ]
-
-
-def pool_sources(
-    data: dict[str, Any], cfg: PretrainConfig
-) -> tuple[list[pooling.Source], list[str]]:
-    """The pool's sources (``cfg.pool``, or :func:`default_pool`) with their manifest hashes;
-    each keeps :func:`pool_splits` of its rows."""
-    names = list(cfg.pool) or default_pool(data)
-    sources, hashes = [], []
-    for name in names:
-        spec, entry = data["sources"][name], cfg.pool.get(name, PoolEntry())
-        df, meta = ensure_manifest(source_data(data, name))
-        splits = pool_splits(spec["format"], entry)
-        if splits is not None:
-            df = df[df.source_split.isin(splits)]
-        sources.append(pooling.Source(name, spec["format"], spec["root"], df, spec.get("modality"),
-                                      spec.get("body_part"), entry.slices_per_patient, entry.max_patients))  # fmt: skip
-        hashes.append(f"{meta['hash']}|{splits}")
-    return sources, hashes
-
-
-def pool_table(
-    data: dict[str, Any], cfg: PretrainConfig, seed: int = 0
-) -> tuple[pd.DataFrame, Path, str]:
-    """The pretraining pool (rows of :func:`raysuite.data.pool.build_pool`), written once
-    beside the cache as ``pools/<hash>.parquet``; returns (pool, path, hash)."""
-    sources, hashes = pool_sources(data, cfg)
-    key = pooling.pool_hash(sources, cfg.modality_caps, seed, hashes)
-    path = (
-        Path(manifest_path(source_data(data, sources[0].name))).parent.parent
-        / "pools"
-        / f"{key}.parquet"
-    )
-    if path.exists():
-        return pd.read_parquet(path), path, key
-    table = pooling.build_pool(sources, cfg.modality_caps, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{np.random.default_rng().integers(1 << 30)}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return table, path, key
-
-
-class _SliceLoader:
-    """Picklable ``pool_id -> (S, S) uint8`` slice in [0, 255] for the shard cache."""
-
-    def __init__(self, table: pd.DataFrame, roots: dict[str, str], cfg: PretrainConfig):
-        self.rows = {r["pool_id"]: r for r in table.to_dict("records")}
-        self.roots, self.size, self.mri = roots, cfg.cache_size, cfg.mri_norm
-        self.reader = SliceReader()
-
-    def __call__(self, pool_id: str) -> np.ndarray:
-        row = self.rows[pool_id]
-        raw = self.reader(Path(self.roots[row["source"]]), row, int(row["slice"]))
-        image = pooling.normalise(raw, row["group"], pooling.is_png8(row["path"]), self.mri)
-        return np.round(pooling.square(image, self.size) * 255).astype(np.uint8)
-
-
-class _Draws:
-    """Per-item random generators that differ across epochs and DataLoader workers and are
-    reproducible from torch's seed (``torch.initial_seed`` differs per worker and epoch)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def rng(self, index: int) -> np.random.Generator:
-        self.calls += 1
-        return np.random.default_rng((torch.initial_seed() % 2**63, index, self.calls))
-
-
-class RestorationPairs(Dataset):
-    """Pool slices -> (corrupted (1, S, S), clean (1, S, S)) in [0, 1]: a random
-    ``crop`` clip of the cached slice (a centred one when ``fixed``), resized to S, then
-    the Models Genesis transformations. ``fixed`` (validation) draws from the index only."""
-
-    def __init__(self, cache: ShardCache, ids: list[str], cfg: PretrainConfig, fixed: bool = False):
-        self.cache, self.ids, self.fixed = cache, ids, fixed
-        self.crop = cfg.crop  # in cached pixels: the cache keeps a 512 slice at 512
-        self.size, self.transforms, self.draws = cfg.input_size, cfg.transforms.build(), _Draws()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(i) if self.fixed else self.draws.rng(i)
-        image = self.cache[self.ids[i]] / 255.0
-        side, c = image.shape[0], self.crop
-        y, x = ((side - c) // 2,) * 2 if self.fixed else rng.integers(0, side - c + 1, 2)
-        clip = torch.from_numpy(np.ascontiguousarray(image[y : y + c, x : x + c], np.float32))
-        clip = F.interpolate(
-            clip[None, None], size=(self.size, self.size), mode="bilinear", align_corners=False
-        )
-        corrupted, clean = self.transforms.pair(clip[0, 0].clamp(0, 1).numpy(), rng)
-        return torch.from_numpy(corrupted)[None].float(), torch.from_numpy(clean)[None].float()
-
-
-def random_affine(image: torch.Tensor, rng: np.random.Generator, zoom: tuple[float, float], degrees: float,
-                  shift_px: tuple[float, float] = (0.0, 0.0), flips: bool = True) -> torch.Tensor:  # fmt: skip
-    """(1, H, W) -> (1, H, W): zoom in ``zoom``, rotation in ±``degrees``, shift in
-    ±``shift_px`` (rows, columns) and random horizontal / vertical flips about the centre
-    (bilinear, borders replicated)."""
-    _, h, w = image.shape
-    scale = rng.uniform(*zoom)
-    angle = np.deg2rad(rng.uniform(-degrees, degrees))
-    dy, dx = (rng.uniform(-s, s) for s in shift_px)
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    fx = -1.0 if flips and rng.random() < 0.5 else 1.0
-    fy = -1.0 if flips and rng.random() < 0.5 else 1.0
-    theta = torch.tensor(
-        [[cos * fx, -sin * fy, -2 * dx / w], [sin * fx, cos * fy, -2 * dy / h]], dtype=torch.float32
-    )
-    grid = F.affine_grid(theta[None], [1, 1, h, w], align_corners=False)
-    return F.grid_sample(
-        image[None], grid, mode="bilinear", padding_mode="border", align_corners=False
-    )[0]
-
-
-class _RowLoader:
-    """Picklable ``sample_id -> image`` through a format's ``preprocess(root, row, prep)``."""
-
-    def __init__(self, preprocess: Any, root: str, rows: dict[str, dict[str, Any]], prep: Any):
-        self.preprocess, self.root, self.rows, self.prep = preprocess, Path(root), rows, prep
-
-    def __call__(self, sample_id: str) -> np.ndarray:
-        return self.preprocess(self.root, self.rows[sample_id], self.prep)
-
-
-class TaskImages(Dataset):
-    """Rows -> ((3, S, S) image in [0, 1], label) for the classifier. Each row appears
-    ``copies[row]`` times; copy 0 is the image itself, the others random affine variants
-    (§4.2.1.3, §4.2.4.2). LUNA16 patches are cached with a margin and centre-cropped after
-    the transform so rotations bring in real tissue. ``caches`` holds one cache per plane
-    (LUNA16) or one (MURA); with several, a training item draws its plane each epoch and a
-    ``planes``-given row (validation) always uses its own."""
-
-    def __init__(self, caches: list[ShardCache], rows: pd.DataFrame, labels: np.ndarray, copies: np.ndarray,
-                 size: int, cfg: FinetuneConfig, shift_px: np.ndarray | None = None,
-                 planes: np.ndarray | None = None):  # fmt: skip
-        self.caches, self.size, self.cfg, self.planes = caches, size, cfg, planes
-        self.ids = rows.sample_id.tolist()
-        self.labels = labels.astype(np.float32)
-        self.items = [(i, c) for i in range(len(self.ids)) for c in range(int(copies[i]))]
-        self.shift_px = shift_px if shift_px is not None else np.zeros((len(self.ids), 2))
-        self.draws = _Draws()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        i, copy = self.items[k]
-        rng = self.draws.rng(k) if copy or (len(self.caches) > 1 and self.planes is None) else None
-        if self.planes is not None:
-            plane = int(self.planes[i])
-        else:
-            plane = (
-                int(rng.integers(len(self.caches)))
-                if len(self.caches) > 1 and rng is not None
-                else 0
-            )
-        image = torch.from_numpy(self.caches[plane][self.ids[i]])[None]
-        if copy:
-            cfg = self.cfg
-            image = random_affine(image, rng, cfg.zoom, cfg.rotation, tuple(self.shift_px[i]))
-        h, w = image.shape[-2:]
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        image = image[:, top : top + self.size, left : left + self.size].clamp(0, 1)
-        return image.expand(3, -1, -1), torch.tensor(self.labels[i])
-
-
-def luna_split(
-    data: dict[str, Any], fold: int | None, cfg: FinetuneConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, val) candidate rows: 10 % of each subset's negatives and every positive
-    (§4.2.1.3), fold ``fold`` = subsets 2k and 2k+1 held out (§4.2.1.7)."""
-    df, _ = ensure_manifest(data)
-    split = data.get("split") or {}
-    df = df[luna16.negative_subsample_mask(df, cfg.negative_fraction, int(split.get("seed", 0)))]
-    folds = luna16.subset_folds(df, int(split.get("folds") or luna16.FOLDS))
-    held = folds == (fold or 0)
-    return df[~held], df[held]
-
-
-def mura_split(data: dict[str, Any], cfg: FinetuneConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, valid) images of ``cfg.body_part`` on MURA's own split (§4.2.4.1)."""
-    df, _ = ensure_manifest(data)
-    if cfg.body_part != "all":
-        df = df[df.path.str.contains(f"/{cfg.body_part}/", regex=False)]
-    return df[df.source_split == "train"], df[df.source_split == "valid"]
-
-
-def _labels(rows: pd.DataFrame, task: str) -> np.ndarray:
-    if task == "luna16":
-        return np.array([luna16.LABEL in list(labels) for labels in rows.labels], np.float32)
-    return np.array([mura.target(r) for r in rows.to_dict("records")], np.float32)
-
-
-def task_datasets(
-    data: dict[str, Any], fold: int | None, cfg: FinetuneConfig
-) -> tuple[TaskImages, TaskImages, TaskImages | None]:
-    """(train, held-out fold, plateau validation part or None) datasets of the task."""
-    size = cfg.size()
-    if cfg.task == "luna16":
-        train, val = luna_split(data, fold, cfg)
-        margin = int(np.ceil(size * 1.5))  # rotation by 45° and zoom 0.9 stay inside
-        preps: list[Any] = [luna16.Preprocessing(patch=margin, plane=plane) for plane in cfg.planes]
-        preprocess = luna16.preprocess
-    else:
-        train, val = mura_split(data, cfg)
-        preps, preprocess = [mura.Preprocessing(size=size)], mura.preprocess
-    if cfg.max_train_images:
-        positives = _labels(train, cfg.task) > 0
-        train = pd.concat([train[positives].head(cfg.max_train_images // 2),
-                           train[~positives].head(cfg.max_train_images - min(positives.sum(), cfg.max_train_images // 2))])  # fmt: skip
-    for name, rows in (("training", train), ("validation", val)):
-        if rows.empty or len(set(_labels(rows, cfg.task))) < 2:
-            raise ValueError(
-                f"{cfg.task}: the {name} rows of fold {fold} need both classes ({len(rows)} rows)"
-            )
-    train, plateau_rows = plateau_split(train, cfg)
-    used = pd.concat([train, val, plateau_rows])
-    _, meta = ensure_manifest(data)
-    records = {r["sample_id"]: r for r in used.to_dict("records")}
-    caches = [ShardCache(manifest_path(data), meta["hash"], f"genesis-{cfg.task}-{prep.key()}", used.sample_id.tolist(),
-                         _RowLoader(preprocess, data["root"], records, prep), shard_size=256)
-              for prep in preps]  # fmt: skip
-    labels = _labels(train, cfg.task)
-    if cfg.task == "luna16":
-        copies = np.where(labels > 0, cfg.positive_copies, 1)
-        spacing = np.array(
-            [list(s)[:2] if s is not None and len(s) >= 2 else [1.0, 1.0] for s in train.spacing],
-            float,
-        )
-        shift = cfg.shift_mm / np.maximum(
-            spacing[:, ::-1], 1e-3
-        )  # (x, y) mm spacing -> (rows, columns) pixels
-    else:
-        copies, shift = np.full(len(train), cfg.mura_copies), None
-    train_set = TaskImages(caches, train, labels, copies, size, cfg, shift)
-    held = [(rows, TaskImages(caches, rows, _labels(rows, cfg.task), np.ones(len(rows), int), size, cfg,
-                              planes=fixed_planes(rows, len(caches))))
-            for rows in (val, plateau_rows)]  # fmt: skip
-    return train_set, held[0][1], (held[1][1] if len(plateau_rows) else None)
-
-
-def fixed_planes(rows: pd.DataFrame, count: int) -> np.ndarray:
-    """Each row's plane index in ``range(count)`` for evaluation: drawn once from a hash of
-    its ``sample_id``, so every epoch, arm and fold scores a candidate on the same view."""
-    return np.array(
-        [int(hashlib.sha256(s.encode()).hexdigest()[:8], 16) % count for s in rows.sample_id], int
-    )
-
-
-def plateau_split(train: pd.DataFrame, cfg: FinetuneConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training rows, the plateau's validation rows): ``cfg.val_fraction`` of the training
-    rows' images carved out by patient (a seeded shuffle of patients, ``cfg.seed``), none
-    when it is 0. The held-out fold stays untouched."""
-    if cfg.val_fraction == 0:
-        return train, train.iloc[:0]
-    parts = manifest.assign_splits(
-        train, (1 - cfg.val_fraction, cfg.val_fraction), cfg.seed, ("train", "val")
-    )
-    carved = parts.split.values == "val"
-    if carved.all() or not carved.any():
-        raise ValueError(
-            f"finetune.val_fraction {cfg.val_fraction}: {len(train)} training rows leave no patient on one side"
-        )
-    return train[~carved], train[carved]
+# The datasets and splits are raysuite.data's: sources (data.sources), pretrain_pool (the
+# pool and its restoration pairs) and transfer_tasks (LUNA16 / MURA datasets and folds).
 
 
 def manifest_hash(data: dict[str, Any], stage: str, cfg: Any) -> str:
@@ -622,7 +305,7 @@ def _loader(
 ) -> DataLoader:
     """``batch_size``: this worker's (a training loader's share of the global batch); default
     ``cfg.batch_size``. ``drop_last`` compares the dataset with the global batch."""
-    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=shuffle and len(dataset) > cfg.batch_size,
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=shuffle and len(cast(Sized, dataset)) > cfg.batch_size,
                       num_workers=cfg.num_workers if shuffle else 0, persistent_workers=shuffle and cfg.num_workers > 0)  # fmt: skip
 
 
@@ -631,7 +314,7 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
     table, path, key = pool_table(inp.data, cfg)
     roots = {name: s["root"] for name, s in inp.data["sources"].items()}
     cache = ShardCache(path, key, f"genesis-pool-{cfg.cache_size}-{cfg.mri_norm}", table.pool_id.tolist(),
-                       _SliceLoader(table, roots, cfg), shard_size=64, dtype=np.uint8)  # fmt: skip
+                       PoolSliceLoader(table, roots, cfg), shard_size=64, dtype=np.uint8)  # fmt: skip
     train_ids = table.pool_id[table.split == "train"].tolist()
     if cfg.max_train_images:
         train_ids = train_ids[:: max(1, len(train_ids) // cfg.max_train_images)][
@@ -746,6 +429,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
     state: dict[str, Any] = {}
 
     def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        assert isinstance(m, TransferClassifier)  # the loop hands back the recipe's model
         head = {id(p) for p in m.head_parameters()}
         body = [p for p in m.parameters() if id(p) not in head]
         state["optimizer"] = _sgd(
@@ -828,38 +512,40 @@ def classifier_evaluation(
 # ----------------------------------------------------------------------------- checks
 
 
-def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    pre, fine = configs["pretrain"], configs["finetune"]
+def check(configs: StageConfigs) -> list[tuple[str, str]]:
+    """What a configuration cannot mean: ImageNet weights with instance norm or without a
+    weights source, a warm-up as long as the fine-tuning, a crop larger than its cache."""
+    pre, fine = configs.of("pretrain", PretrainConfig), configs.of("finetune", FinetuneConfig)
     problems = []
-    if pre["init"] == "imagenet" and pre["norm"] == "instance":
+    if pre.init == "imagenet" and pre.norm == "instance":
         problems.append(
             ("pretrain.norm", "ImageNet weights carry BatchNorm statistics: use norm batch")
         )
-    if pre["init"] == "imagenet" and fine["weights"] in ("", pretrained.NONE):
+    if pre.init == "imagenet" and fine.weights in ("", pretrained.NONE):
         problems.append(
             (
                 "finetune.weights",
                 "init=imagenet starts from weights: imagenet, a library source or a file",
             )
         )
-    if fine["warmup_epochs"] >= fine["epochs"]:
+    if fine.warmup_epochs >= fine.epochs:
         problems.append(
             ("finetune.warmup_epochs", "must leave at least one epoch of full fine-tuning")
         )
-    if pre["crop"] > pre["cache_size"]:
-        problems.append(("pretrain.crop", f"exceeds cache_size {pre['cache_size']}"))
+    if pre.crop > pre.cache_size:
+        problems.append(("pretrain.crop", f"exceeds cache_size {pre.cache_size}"))
     return problems
 
 
-def check_data(data: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def check_data(data: dict[str, Any], configs: StageConfigs) -> list[tuple[str, str]]:
+    """The pretraining pool names data sources and holds none of the data it is tested on;
+    the fine-tuning task has exactly one source of its format."""
     sources = data.get("sources") or {}
-    pool = configs["pretrain"]["pool"]
+    pool = configs.of("pretrain", PretrainConfig).pool
     problems = [("pretrain.pool", f"names no data source {name!r}; sources: {sorted(sources)}")
                 for name in pool if name not in sources]  # fmt: skip
     for name, entry in pool.items():
-        why = name in sources and held_out_in_pool(
-            sources[name]["format"], PoolEntry.model_validate(entry)
-        )
+        why = name in sources and held_out_in_pool(sources[name]["format"], entry)
         if why:
             problems.append(
                 (
@@ -867,7 +553,7 @@ def check_data(data: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list
                     f"{why}: the pretraining would see the data it is tested on",
                 )
             )
-    task = configs["finetune"]["task"]
+    task = configs.of("finetune", FinetuneConfig).task
     found = [n for n, s in sources.items() if s["format"] == task]
     if len(found) != 1:
         problems.append(
@@ -1162,7 +848,7 @@ METHOD = Method(
             pretrain_recipe,
             cacheable=True,
             per_fold=False,
-            skip=lambda cfg: cfg["init"] != "genesis",
+            skip=lambda cfg: cfg.init != "genesis",
         ),
         "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
     },  # fmt: skip

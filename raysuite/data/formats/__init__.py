@@ -1,9 +1,11 @@
-"""One module per public dataset: its published layout, ``ingest`` and ``synth``.
+"""One module per public dataset: its published layout, ``ingest`` and preprocessing.
 
-A format module defines ``NAME``, ``synth(out_dir, cases=10, seed=0) -> counts`` writing
-the exact published layout with learnable phantoms, and ``ingest(root, ledger, workers)``
-adding one manifest row per readable sample to the :class:`~raysuite.data.ingest.Ledger`
-and one error row per unreadable one.
+A format module defines ``NAME`` and ``ingest(root, ledger, workers)`` adding one manifest
+row per readable sample to the :class:`~raysuite.data.ingest.Ledger` and one error row per
+unreadable one. Each format's synthetic writer, ``synth(out_dir, cases=10, seed=0) ->
+counts`` writing the exact published layout with learnable phantoms, is the module of the
+same name in :mod:`raysuite.data.synth` (which imports the layout constants from here;
+nothing here imports it).
 
 ``folder`` is not a public dataset but plain folders of DICOM / NIfTI / PNG / MHD files,
 ``ROOT/<patient folder>/**/<file>`` (a researcher's own collection, e.g. brain MRIs for
