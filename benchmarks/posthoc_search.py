@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raysuite.methods import knobs
 from raysuite.methods.nn import posthoc
 from raysuite.tune.posthoc_search import optuna_search
 
@@ -67,7 +68,7 @@ def main() -> None:
 
     space = posthoc.default_space()
     start = time.perf_counter()
-    table = posthoc.grid_search(pred, space)
+    table = posthoc.search_table(knobs.grid_search(posthoc.evaluator(pred), space, "dice_per_image", "max"))
     grid_s = time.perf_counter() - start
 
     rng = np.random.default_rng(1)
@@ -77,9 +78,15 @@ def main() -> None:
         posthoc.evaluate(pred, row.pixel_threshold, row.cls_threshold, int(row.min_area), row.tta)
     naive_s = (time.perf_counter() - start) / args.naive_sample * len(table)
 
-    bounds = {"pixel_threshold": (0.01, 0.99), "cls_threshold": (0.01, 0.99), "min_area": (0, 2048), "tta": ("none", "flip")}
+    ranges = {
+        "tta": knobs.Choice(("none", "flip")),
+        "pixel_threshold": knobs.FloatRange(0.01, 0.99),
+        "cls_threshold": knobs.FloatRange(0.01, 0.99),
+        "min_area": knobs.IntRange(0, 2048),
+    }
     start = time.perf_counter()
-    found = optuna_search(pred, bounds, args.trials, seed=0)
+    rows = optuna_search(posthoc.evaluator(pred), ranges, "dice_per_image", "max", args.trials, seed=0)
+    found = posthoc.search_table(rows)
     optuna_s = time.perf_counter() - start
 
     print(f"predictions: {args.images} images of {args.size}px, file {size_mb:.1f} MiB, save+load {io_s:.1f} s")

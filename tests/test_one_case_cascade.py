@@ -12,10 +12,10 @@ import torch
 
 from raysuite.methods import METHODS
 from raysuite.methods import one_case_cascade as occ
-from raysuite.methods.nn.optim import OneCycle, cycle_of
-from raysuite.plan import POINT, decode, plan, point_indices
-from raysuite.spec import SpecError, all_points, load_spec, resolve_stage_configs
+from raysuite.plan import POINT, all_points, decode, grid_trials, plan
+from raysuite.spec import SpecError, load_spec, resolve_stage_configs
 from raysuite.train.loop import STATE_FILE, fit, seed_everything
+from raysuite.train.optim import OneCycle, cycle_of
 from raysuite.train.runtime import LocalRuntime
 
 METHOD = METHODS["one_case_cascade"]
@@ -44,7 +44,7 @@ def spec_path(tmp_path, siim_root):
 
 
 def _plans(spec):
-    return [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
+    return [plan(spec, *decode(spec, {POINT: point})) for point in grid_trials(spec)]
 
 
 def test_arms_times_folds_and_their_labels(spec_path):
@@ -85,7 +85,7 @@ def test_threshold_change_keeps_model_and_prediction_keys(spec_path):
 )
 def test_bad_arms_and_folds_are_refused_with_their_key(spec_path, edit, key):
     spec_path.write_text(spec_path.read_text().replace(*edit))
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(SpecError, match=r"spec\.yaml: (search|stages)\.") as err:
         load_spec(spec_path)
     assert err.value.key == key
 
@@ -136,7 +136,7 @@ def test_cycles_follow_each_other():
     assert cycle_of(60, 180, (6, 12)) == (1, 0, 120)
     assert cycle_of(179, 180, (6, 12)) == (1, 119, 120)
     assert cycle_of(5, 18, (18,)) == (0, 5, 18)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"cycles need positive epoch counts, got \(0, 10\)"):
         cycle_of(0, 10, (0, 10))
 
 
@@ -153,8 +153,8 @@ def _cascade_scores(data, checkpoints, out):
     pred.mkdir(parents=True)
     METHOD.stages["predict"].job(_inputs("predict", data, checkpoints), pred)
     space = default_space()
-    wide = {"pixel_thresholds": list(space.pixel_thresholds), "cls_thresholds": list(space.cls_thresholds),
-            "min_areas": list(space.min_areas)}  # fmt: skip
+    wide = {"pixel_thresholds": list(space["pixel_threshold"].values), "cls_thresholds": list(space["cls_threshold"].values),
+            "min_areas": list(space["min_area"].values)}  # fmt: skip
     return METHOD.stages["posthoc"].job(_inputs("posthoc", data, {"predict": pred}, **wide), out)
 
 
@@ -399,11 +399,22 @@ def test_table_5_1_rows_are_the_thesis_and_the_wider_search_is_apart(tmp_path):
     assert metrics["posthoc/min_area"] == 4
     table = pd.read_csv(io.StringIO(metrics["artifact/posthoc/table_5_1.csv"]))
     rows = table[table.split == "val"].set_index("row")
-    assert list(rows.index) == ["ArgMax", "Raw", "TTA", occ.SEARCHED]
+    from raysuite.methods.one_case_cascade_posthoc import SEARCHED
+
+    assert list(rows.index) == ["ArgMax", "Raw", "TTA", SEARCHED]
     raw = rows.loc["Raw"]
     assert (raw.pixel_threshold, raw.cls_threshold, raw.min_area, raw.tta) == (0.5, 0.5, 0, "none")
     assert rows.loc["TTA", "tta"] == "flip" and rows.loc["TTA", "min_area"] == 0
-    assert rows.loc[occ.SEARCHED, "min_area"] == 4
+    assert rows.loc[SEARCHED, "min_area"] == 4
+    # 4 thresholds x 2 areas x 2 TTA modes x the one classifier threshold; only 0.5 with the
+    # area filter scores 1, under both TTA modes (flip-equivariant): the tie goes to "none"
+    assert metrics["posthoc/combinations"] == 16
+    assert (metrics["posthoc/pixel_threshold"], metrics["posthoc/cls_threshold"], metrics["posthoc/tta_flip"]) == (0.5, 0.5, 0.0)
+    search = pd.read_csv(io.StringIO(metrics["artifact/posthoc/val_search.csv"]))
+    assert search.iloc[0][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == ["none", 0.5, 4, 1.0]
+    assert search.iloc[1][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == ["flip", 0.5, 4, 1.0]
+    assert metrics["test/dice_per_image"] == 1.0 and metrics["test/raw/dice_per_image"] == pytest.approx(0.75)
+    assert metrics["val/cls_f1"] == pytest.approx(2 * 0.5 / 1.5)  # all 4 called abnormal, 2 are: precision 1/2
 
 
 def test_arms_beside_optuna_run_as_their_own_study():
@@ -411,3 +422,86 @@ def test_arms_beside_optuna_run_as_their_own_study():
 
     spec = load_spec("sweeps/one_case_search.yaml")
     assert studies(spec) == ["grid", "optuna"] and not spec.search.grid
+
+
+def _posthoc_inputs(tmp_path, pred, **cfg):
+    from raysuite.methods.nn import posthoc
+
+    src = tmp_path / "predict"
+    src.mkdir(exist_ok=True)
+    for split in ("val", "test"):
+        posthoc.save_predictions(src / f"{split}.npz", pred)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return METHOD.tiny_inputs("posthoc", {}, {"posthoc": cfg}, {"predict": src}), out
+
+
+def test_posthoc_job_searches_through_the_searcher_it_is_given(tmp_path):
+    """The job hands its knobs to ``inp.posthoc_search``: the config's lists as Choices in
+    evaluate's order (grid) or its ranges (Optuna), maximising dice_per_image, seeded by the
+    stage seed; an Optuna request outside a sweep (no searcher) is refused."""
+    import dataclasses
+
+    from raysuite.methods import knobs
+    from raysuite.tune.posthoc_search import search
+
+    calls = []
+
+    def recording(evaluate, space, objective, mode, n_trials, seed):
+        calls.append((dict(space), objective, mode, n_trials, seed))
+        return search(evaluate, space, objective, mode, n_trials, seed)
+
+    inputs, out = _posthoc_inputs(tmp_path, _planted_predictions(), pixel_thresholds=[0.5, 0.75], seed=4)
+    grid = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
+    assert grid == METHOD.stages["posthoc"].job(inputs, out)  # the fallback grid gives the same
+    space, objective, mode, n_trials, seed = calls[0]
+    assert list(space) == ["tta", "pixel_threshold", "cls_threshold", "min_area"]
+    assert space["pixel_threshold"] == knobs.Choice((0.5, 0.75)) and space["tta"] == knobs.Choice(("none", "flip"))
+    assert (objective, mode, n_trials, seed) == ("dice_per_image", "max", None, 4)
+
+    inputs, out = _posthoc_inputs(tmp_path, _planted_predictions(), search="optuna", optuna_trials=7,
+                                  pixel_threshold_range=(0.4, 0.9), min_area_range=(0, 8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"Optuna post-hoc search \(n_trials=7\) runs only with the sweep's searcher"):
+        METHOD.stages["posthoc"].job(inputs, out)
+    optuna = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
+    space, _, _, n_trials, _ = calls[1]
+    assert space["pixel_threshold"] == knobs.FloatRange(0.4, 0.9) and space["min_area"] == knobs.IntRange(0, 8)
+    assert space["cls_threshold"] == knobs.FloatRange(0.01, 0.99) and n_trials == 7
+    assert optuna["posthoc/combinations"] == 7 and 0.4 <= optuna["posthoc/pixel_threshold"] <= 0.9
+
+
+def test_posthoc_job_without_a_classifier_searches_no_classifier_threshold(tmp_path):
+    import dataclasses
+    import math
+
+    from raysuite.methods.knobs import grid_search
+    from raysuite.methods.nn import posthoc
+
+    planted = _planted_predictions()
+    spaces = []
+
+    def recording(evaluate, space, objective, mode, n_trials, seed):
+        spaces.append(list(space))
+        return grid_search(evaluate, space, objective, mode, n_trials, seed)
+
+    inputs, out = _posthoc_inputs(tmp_path, posthoc.Predictions(seg=planted.seg, truth=planted.truth),
+                                  pixel_thresholds=[0.5, 0.75], cls_thresholds=[0.3, 0.5])  # fmt: skip
+    metrics = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
+    assert spaces == [["tta", "pixel_threshold", "min_area"]]
+    assert metrics["posthoc/combinations"] == 2 * 2 and math.isnan(metrics["posthoc/cls_threshold"])
+    assert "val/cls_auc" not in metrics
+    # no gating: the 2-pixel false positive stays at 0.5, which still scores best (0.75)
+    assert metrics["val/dice_per_image"] == pytest.approx(0.75)
+
+
+def test_posthoc_knobs_and_ranges_are_declared():
+    from pydantic import ValidationError
+
+    from raysuite.methods.nn import posthoc
+    from raysuite.methods.one_case_cascade_posthoc import PosthocConfig
+
+    assert set(METHOD.posthoc_knobs) == set(posthoc.KNOBS) and all(METHOD.posthoc_knobs.values())
+    with pytest.raises(ValidationError, match="FloatRange low 0.9 is above high 0.1"):
+        PosthocConfig(pixel_threshold_range=(0.9, 0.1))
+    with pytest.raises(ValidationError, match="IntRange low 5 is above high 2"):
+        PosthocConfig(min_area_range=(5, 2))

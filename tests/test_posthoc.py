@@ -1,4 +1,5 @@
-"""Post-hoc search of ``one_case_cascade`` (seed 004): metrics, gating, TTA, cache, search."""
+"""Post-hoc search of ``one_case_cascade`` (seed 004): metrics, gating, TTA, cache, and its
+search through the generic knob protocol (raysuite.methods.knobs, tune.posthoc_search)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raysuite.methods.knobs import Choice, FloatRange, IntRange, grid_search, search_posthoc
 from raysuite.methods.nn.posthoc import (
     ARGMAX,
+    KNOBS,
     Predictions,
-    SearchSpace,
     StatsCache,
     classifier_scores,
     default_space,
     evaluate,
+    evaluator,
     flip_back,
     gate_and_filter,
     gate_masks,
-    grid_search,
+    grid_space,
     image_stats,
     load_predictions,
     quantise,
     save_predictions,
+    search_table,
     segmentation_scores,
     thesis_row,
     thesis_space,
@@ -148,7 +152,7 @@ def test_tta_probability_modes():
     assert tta_probability(seg, "none").tolist() == [[[0.0, 1.0]]]
     assert tta_probability(seg, "flip") == pytest.approx(np.array([[[0.5, 355 / 510]]]))
     assert tta_probability(seg, "none").dtype == np.float32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown TTA mode 'rot90'"):
         tta_probability(seg, "rot90")
 
 
@@ -201,7 +205,7 @@ def test_quantisation_levels_share_cache_entries():
 def test_cache_agrees_with_direct_stats_on_every_level():
     pred = _random_predictions()
     cache = StatsCache(pred, chunk=4)  # several chunks
-    thresholds = [*default_space().pixel_thresholds, 0.6, 0.2, 0.5, 1 / 3]
+    thresholds = [*default_space()["pixel_threshold"].values, 0.6, 0.2, 0.5, 1 / 3]
     for tta in ("none", "flip"):
         prob = tta_probability(pred.seg, tta)
         for t in thresholds:
@@ -238,18 +242,29 @@ def _planted(n_pos: int = 20, n_neg: int = 20, size: int = 32, seed: int = 0) ->
     return Predictions(seg=seg, truth=truth, cls=cls.astype(np.float32))
 
 
-SPACE = SearchSpace(
+SPACE = grid_space(
     pixel_thresholds=(0.3, 0.55, 0.8),
     cls_thresholds=(0.1, 0.3, 0.5, 0.7, 0.9),
     min_areas=(0, 10),
     tta=("none", "flip"),
 )
-BOUNDS = {
-    "pixel_threshold": (0.3, 0.8),
-    "cls_threshold": (0.1, 0.9),
-    "min_area": (0, 10),
-    "tta": ("none", "flip"),
+NO_CLS = {k: v for k, v in SPACE.items() if k != "cls_threshold"}
+RANGES = {
+    "tta": Choice(("none", "flip")),
+    "pixel_threshold": FloatRange(0.3, 0.8),
+    "cls_threshold": FloatRange(0.1, 0.9),
+    "min_area": IntRange(0, 10),
 }
+
+
+def grid_table(pred: Predictions, space) -> pd.DataFrame:
+    """The grid of ``space`` on ``pred`` through the generic protocol, as the job runs it."""
+    return search_table(grid_search(evaluator(pred), space, "dice_per_image", "max"))
+
+
+def optuna_table(pred: Predictions, space, n_trials: int, seed: int) -> pd.DataFrame:
+    rows = optuna_search(evaluator(pred), space, "dice_per_image", "max", n_trials, seed)
+    return search_table(rows)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +273,7 @@ def planted() -> Predictions:
 
 
 def test_grid_search_finds_planted_thresholds(planted):
-    table = grid_search(planted, SPACE)
+    table = grid_table(planted, SPACE)
     assert len(table) == 3 * 5 * 2 * 2
     assert list(table.columns) == [
         "tta", "pixel_threshold", "cls_threshold", "min_area",
@@ -276,7 +291,7 @@ def test_grid_search_finds_planted_thresholds(planted):
 
 def test_grid_search_without_classifier_has_no_duplicate_rows(planted):
     baseline = Predictions(seg=planted.seg, truth=planted.truth)
-    table = grid_search(baseline, SPACE)
+    table = grid_table(baseline, NO_CLS)
     assert len(table) == 3 * 2 * 2
     assert table["cls_threshold"].isna().all()
     assert not table.drop(columns="cls_threshold").duplicated().any()
@@ -285,8 +300,8 @@ def test_grid_search_without_classifier_has_no_duplicate_rows(planted):
 
 def test_ties_prefer_the_simpler_combination():
     empty = np.zeros((2, 2, 4, 4), dtype=np.uint8)  # nothing predicted, nothing true
-    space = SearchSpace((0.5,), (0.5,), (64, 0), ("flip", "none"))
-    table = grid_search(Predictions(seg=empty, truth=np.zeros((2, 4, 4), bool)), space)
+    space = grid_space((0.5,), None, (64, 0), ("flip", "none"))  # no classifier: no cls knob
+    table = grid_table(Predictions(seg=empty, truth=np.zeros((2, 4, 4), bool)), space)
     assert table[["tta", "min_area"]].values.tolist() == [
         ["none", 0], ["none", 64], ["flip", 0], ["flip", 64],
     ]  # fmt: skip
@@ -295,39 +310,78 @@ def test_ties_prefer_the_simpler_combination():
 def test_argmax_row_and_default_space(planted):
     row = evaluate(planted, **ARGMAX)
     assert {k: row[k] for k in ARGMAX} == dict(ARGMAX)
-    space = default_space()
-    assert space.pixel_thresholds[0] == 0.05 and space.pixel_thresholds[-1] == 0.95
-    assert len(space.pixel_thresholds) == 19 and len(space.cls_thresholds) == 9
-    assert space.min_areas == (0, 64, 256, 1024) and space.tta == ("none", "flip")
-    with pytest.raises(ValueError):
-        SearchSpace((0.5,), (0.5,), (0,), ("none", "rot90"))
+    space = {name: knob.values for name, knob in default_space().items()}
+    assert list(space) == list(KNOBS)
+    assert space["pixel_threshold"][0] == 0.05 and space["pixel_threshold"][-1] == 0.95
+    assert len(space["pixel_threshold"]) == 19 and len(space["cls_threshold"]) == 9
+    assert space["min_area"] == (0, 64, 256, 1024) and space["tta"] == ("none", "flip")
+    with pytest.raises(ValueError, match="unknown TTA mode 'rot90'"):
+        grid_space((0.5,), (0.5,), (0,), ("none", "rot90"))
+    with pytest.raises(ValueError, match="at least one value"):
+        grid_space((), (0.5,), (0,), ("none",))
 
 
 def test_thesis_space_and_its_rows(planted):
     """§5.2 / Table 5.1: pixel thresholds in (0.01, 1), the classifier gating at its class
     decision, no minimum area; Raw and TTA are the best pixel threshold of each TTA mode."""
-    space = thesis_space()
-    assert space.pixel_thresholds[:2] == (0.01, 0.02) and space.pixel_thresholds[-1] == 0.99
-    assert len(space.pixel_thresholds) == 99 and space.cls_thresholds == (0.5,)
-    assert space.min_areas == (0,) and space.tta == ("none", "flip")
+    space = {name: knob.values for name, knob in thesis_space().items()}
+    assert space["pixel_threshold"][:2] == (0.01, 0.02) and space["pixel_threshold"][-1] == 0.99
+    assert len(space["pixel_threshold"]) == 99 and space["cls_threshold"] == (0.5,)
+    assert space["min_area"] == (0,) and space["tta"] == ("none", "flip")
+    pixel_thresholds = SPACE["pixel_threshold"].values
     for tta in ("none", "flip"):
-        row = thesis_row(planted, SPACE.pixel_thresholds, tta)
-        rows = [evaluate(planted, t, 0.5, 0, tta) for t in SPACE.pixel_thresholds]
+        row = thesis_row(planted, pixel_thresholds, tta)
+        rows = [evaluate(planted, t, 0.5, 0, tta) for t in pixel_thresholds]
         best = max(rows, key=lambda r: (r["dice_per_image"], r["dice"]))
         assert row == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in best.items()}
         assert row["cls_threshold"] == 0.5 and row["min_area"] == 0 and row["tta"] == tta
 
 
 def test_optuna_search_matches_grid_and_is_reproducible(planted):
-    grid_best = grid_search(planted, SPACE)["dice_per_image"].iloc[0]
-    first = optuna_search(planted, BOUNDS, n_trials=30, seed=0)
+    grid_best = grid_table(planted, SPACE)["dice_per_image"].iloc[0]
+    first = optuna_table(planted, RANGES, n_trials=30, seed=0)
     assert len(first) == 30
+    assert list(first.columns) == list(grid_table(planted, SPACE).columns)
     assert first["dice_per_image"].iloc[0] >= grid_best - 0.02
-    pd.testing.assert_frame_equal(first, optuna_search(planted, BOUNDS, n_trials=30, seed=0))
+    pd.testing.assert_frame_equal(first, optuna_table(planted, RANGES, n_trials=30, seed=0))
 
 
 def test_optuna_search_without_classifier_samples_no_cls_threshold(planted):
     baseline = Predictions(seg=planted.seg, truth=planted.truth)
-    bounds = {k: v for k, v in BOUNDS.items() if k != "cls_threshold"}
-    table = optuna_search(baseline, bounds, n_trials=5, seed=1)
+    space = {k: v for k, v in RANGES.items() if k != "cls_threshold"}
+    table = optuna_table(baseline, space, n_trials=5, seed=1)
     assert len(table) == 5 and table["cls_threshold"].isna().all()
+
+
+def test_evaluator_is_evaluate_without_the_knobs(planted):
+    """The protocol's ``evaluate(**knobs)``: evaluate's scores, the knobs left to the row;
+    one cache for every call, a classifier threshold exactly when there is a classifier."""
+    cache = StatsCache(planted)
+    scores = evaluator(planted, cache)(tta="flip", pixel_threshold=0.55, min_area=10, cls_threshold=0.5)
+    full = evaluate(planted, 0.55, 0.5, 10, "flip")
+    assert scores == {k: v for k, v in full.items() if k not in KNOBS} and len(cache) == 1
+    assert scores["cls_f1"] == 1.0
+    with pytest.raises(ValueError, match="these predictions have a classifier: give a cls_threshold"):
+        evaluator(planted)(tta="none", pixel_threshold=0.5, min_area=0)
+    baseline = Predictions(seg=planted.seg, truth=planted.truth)
+    with pytest.raises(ValueError, match="have no classifier: give no cls_threshold"):
+        evaluator(baseline)(tta="none", pixel_threshold=0.5, min_area=0, cls_threshold=0.5)
+    with pytest.raises(ValueError, match="cache was built for other predictions"):
+        evaluator(baseline, cache)
+
+
+def test_grid_by_hand_on_two_images():
+    """Two 1x2 images, truth (1, 0) and (0, 0), the classifier at 0.9 and 0.2, levels 204/51
+    and 153/0 (0.8, 0.2 / 0.6, 0): at pixel 0.5 image 0 is exact and image 1 predicts one false
+    pixel unless gated (cls 0.2 < 0.5); at 0.7 image 1 is empty and image 0 keeps its pixel."""
+    seg = np.array([[[[204, 51]], [[204, 51]]], [[[153, 0]], [[153, 0]]]], np.uint8)
+    truth = np.array([[[True, False]], [[False, False]]])
+    pred = Predictions(seg=seg, truth=truth, cls=np.array([[0.9, 0.9], [0.2, 0.2]], np.float32))
+    rows = search_posthoc(
+        evaluator(pred), grid_space((0.7, 0.5), (0.1, 0.5), (0,), ("none",)), "dice_per_image", "max", None, 0
+    )
+    # dice per image: (0.7, 0.1) 1, (0.7, 0.5) 1, (0.5, 0.1) (1 + 0) / 2, (0.5, 0.5) 1
+    assert [(r["pixel_threshold"], r["cls_threshold"], r["dice_per_image"]) for r in rows] == [
+        (0.7, 0.1, 1.0), (0.7, 0.5, 1.0), (0.5, 0.5, 1.0), (0.5, 0.1, 0.5),
+    ]  # fmt: skip
+    assert rows[3]["dice"] == pytest.approx(2 * 1 / (2 + 1)) and rows[3]["cls_precision"] == 0.5

@@ -18,7 +18,8 @@ Stages (a DAG: the two models are independent and cached independently):
   predictions (§5.2: ArgMax; Raw, the pixel threshold searched; TTA, the same on the
   flip-averaged prediction), and the configured search (grid or Optuna; by default the
   thesis' own) as an extra row, the chosen values evaluated once on the test split; every
-  combination is a table artifact.
+  combination is a table artifact. It lives in :mod:`raysuite.methods.one_case_cascade_posthoc`
+  and searches its knobs (``Method.posthoc_knobs``) through :mod:`raysuite.methods.knobs`.
 
 Data (§4.2): labelled SIIM-ACR images; the manifest's patient-level test split is held out
 and the rest is cut into K = 5 folds by patient (``search.repeats.fold``: each fold one
@@ -57,17 +58,32 @@ from raysuite.data.cache import ShardCache
 from raysuite.data.cxr_augment import AugmentConfig, augment, cutout
 from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import siim_acr
-from raysuite.methods.base import ARTIFACT, Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.base import (
+    Method,
+    OptimConfig,
+    StageConfig,
+    StageConfigs,
+    StageDef,
+    StageInputs,
+)
 from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn import posthoc
 from raysuite.methods.nn.cls_metrics import precision_recall_f1, roc_auc
-from raysuite.methods.nn.optim import OneCycle, cycle_of, set_momentum
 from raysuite.methods.nn.pretrained import Need
 from raysuite.methods.nn.seg_losses import soft_f1_loss, weighted_seg_loss
 from raysuite.methods.nn.unet import TimmUNet, load_encoder_weights
 from raysuite.methods.nn.weights import load_imagenet_weights
-from raysuite.report.summary import summarise
+from raysuite.methods.one_case_cascade_posthoc import (
+    POSTHOC_KNOBS,
+    ROWS,
+    SCORES,
+    SEARCHED,
+    PosthocConfig,
+    posthoc_job,
+    report,
+)
 from raysuite.train.loop import Recipe, load_state, loader_evaluation
+from raysuite.train.optim import OneCycle, cycle_of, set_momentum
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet (fastai imagenet_stats)
 FOLDS = 5  # §5.3: 5-fold cross-validation
@@ -82,7 +98,7 @@ def _timm_name(name: str) -> str:
     return name
 
 
-class CascadeStageConfig(StageConfig):
+class CascadeStageConfig(OptimConfig):
     """Fields both models share. ``weights``: where the model (the classifier) or its encoder
     (the U-Net) starts: ``imagenet`` (§4.5: fastai's and [59]'s pre-trained models, i.e.
     torchvision's ImageNet weights, :mod:`~raysuite.methods.nn.pretrained`), ``none``
@@ -185,44 +201,6 @@ class PredictConfig(StageConfig):
     amp: bool = True
 
 
-class PosthocConfig(StageConfig):
-    """§5.2: thresholds and TTA searched on saved validation predictions. The defaults are
-    the thesis' (:func:`raysuite.methods.nn.posthoc.thesis_space`): pixel thresholds
-    0.01..0.99, the classifier gating at 0.5 (its class decision), no minimum area, TTA
-    none / flip. More classifier thresholds or minimum areas (or ``search: optuna``) go
-    beyond the thesis; Table 5.1's Raw and TTA rows stay the thesis' either way, and the
-    configured search is the extra "Searched" row."""
-
-    search: Literal["grid", "optuna"] = "grid"
-    pixel_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.thesis_space().pixel_thresholds))
-    cls_thresholds: list[float] = Field(default_factory=lambda: list(posthoc.thesis_space().cls_thresholds))
-    min_areas: list[int] = Field(default_factory=lambda: list(posthoc.thesis_space().min_areas))
-    tta: list[Literal["none", "flip"]] = Field(default_factory=lambda: list(posthoc.thesis_space().tta))
-    optuna_trials: int = Field(200, ge=1)
-    pixel_threshold_range: tuple[float, float] = (0.01, 0.99)
-    cls_threshold_range: tuple[float, float] = (0.01, 0.99)
-    min_area_range: tuple[int, int] = (0, 2048)
-
-    @field_validator("pixel_thresholds", "cls_thresholds")
-    @classmethod
-    def _unit(cls, values: list[float]) -> list[float]:
-        if not values or any(not 0 <= v < 1 for v in values):
-            raise ValueError("thresholds must be a non-empty list in [0, 1)")
-        return values
-
-    @field_validator("min_areas", "tta")
-    @classmethod
-    def _non_empty(cls, values: list[Any]) -> list[Any]:
-        if not values:
-            raise ValueError("needs at least one value")
-        return values
-
-    def space(self) -> posthoc.SearchSpace:
-        return posthoc.SearchSpace(
-            tuple(self.pixel_thresholds), tuple(self.cls_thresholds), tuple(self.min_areas), tuple(self.tta)
-        )
-
-
 # ------------------------------------------------------------------------------ data
 
 
@@ -241,9 +219,9 @@ def splits(data: dict[str, Any], fold: int | None) -> pd.DataFrame:
     ``positive`` (the image has a pneumothorax mask)."""
     df, _ = ensure_manifest(data)
     labelled = df.extra.map(lambda e: bool(json.loads(e or "{}").get("labelled", True)))
-    df = df[labelled].reset_index(drop=True)
+    df = df.loc[labelled].reset_index(drop=True)
     test = df.split == "test"
-    rest = manifest.assign_folds(df[~test], folds(data), (data.get("split") or {}).get("seed", 0))
+    rest = manifest.assign_folds(df.loc[~test], folds(data), (data.get("split") or {}).get("seed", 0))
     role = pd.Series("test", index=df.index, dtype=object)
     role[~test] = np.where(rest.fold.to_numpy() == (fold or 0), "val", "train")
     positive = df["mask"].map(lambda m: isinstance(m, str) and m.startswith("rle:"))
@@ -327,7 +305,7 @@ def _loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, 
 
 
 def _train_rows(df: pd.DataFrame, cfg: CascadeStageConfig, positives_only: bool = False) -> pd.DataFrame:
-    rows = df[(df.role == "train") & (df.positive | (not positives_only))]
+    rows = df.loc[(df.role == "train") & (df.positive | (not positives_only))]
     return rows.head(cfg.max_train_images) if cfg.max_train_images else rows
 
 
@@ -368,7 +346,7 @@ def load_trained(model: nn.Module, checkpoint_dir: Path) -> nn.Module:
 
 def one_cycles(cfg: CascadeStageConfig, cycles: tuple[int, ...], optimizers: list[torch.optim.Optimizer]) -> Callable[[int, int], float]:
     """The recipe's ``lr_at``: fastai v1's ``fit_one_cycle`` (§3.6.3, :class:`~raysuite.
-    methods.nn.optim.OneCycle`, peak ``cfg.lr``) restarted for each of ``cycles`` (epochs of
+    train.optim.OneCycle`, peak ``cfg.lr``) restarted for each of ``cycles`` (epochs of
     each successive ``fit_one_cycle`` call). Each step also sets the cycle's momentum (Adam's
     beta1, ``cfg.moms``) on the newest of ``optimizers``, as fastai's scheduler does."""
     schedule = OneCycle(cfg.lr, moms=cfg.moms)
@@ -412,7 +390,7 @@ def classifier_recipe(inp: StageInputs) -> Recipe:
     model = classifier_model(cfg, inp.weights_file("weights", cfg.arch))
     loader = _loader(Radiographs(caches, train), inp.local_batch(cfg.batch_size), True, cfg.num_workers,
                      drop_last=len(train) > cfg.batch_size)  # fmt: skip
-    val_loader = _loader(Radiographs(caches, df[df.role == "val"]), 2 * cfg.batch_size, False, 0)
+    val_loader = _loader(Radiographs(caches, df.loc[df.role == "val"]), 2 * cfg.batch_size, False, 0)
     aug = _augmenter(cfg, inp.seed * 1000 + inp.rank)
     cut = {"on": False}
     cut_generator = torch.Generator().manual_seed(inp.seed * 1000 + inp.rank + 1)
@@ -474,7 +452,7 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
     train = _train_rows(df, cfg, cfg.positives_only)
     if train.empty:
         raise ValueError(f"segmenter: no training images in fold {inp.fold} (positives_only={cfg.positives_only})")
-    val = df[(df.role == "val") & (df.positive | (not cfg.positives_only))]
+    val = df.loc[(df.role == "val") & (df.positive | (not cfg.positives_only))]
     loader = _loader(Radiographs(caches, train), inp.local_batch(cfg.batch_size), True, cfg.num_workers,
                      drop_last=len(train) > cfg.batch_size)  # fmt: skip
     val_loader = _loader(Radiographs(caches, val), cfg.batch_size, False, 0)
@@ -492,6 +470,7 @@ def segmenter_recipe(inp: StageInputs) -> Recipe:
         """Adam with fastai's decoupled weight decay (``true_wd``, every parameter). Group 0
         is what freezing fixes: the encoder's weights, and its BatchNorm too unless
         ``train_bn`` (fastai v1 keeps a frozen body's BatchNorm training)."""
+        assert isinstance(module, TimmUNet)  # the loop hands back the recipe's model
         fixed = [p for m in module.encoder.modules() if not cfg.train_bn or not isinstance(m, nn.modules.batchnorm._BatchNorm)
                  for p in m.parameters(recurse=False)]  # fmt: skip
         ids = {id(p) for p in fixed}
@@ -578,10 +557,10 @@ def predict_job(inp: StageInputs, out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     counts = {}
     for role in ("val", "test"):
-        rows = df[df.role == role]
+        rows = df.loc[df.role == role]
         seg = _predict_segmenter(segmenter, Radiographs(seg_caches, rows), cfg, device)
         cls = None
-        if cls_caches is not None:
+        if classifier is not None and cls_caches is not None:
             cls = _predict_classifier(classifier, Radiographs(cls_caches, rows), cfg, device)
         truth = np.stack([seg_caches[1][s] for s in rows.sample_id]).astype(bool)
         posthoc.save_predictions(out / f"{role}.npz", posthoc.Predictions(seg=seg, truth=truth, cls=cls))
@@ -613,108 +592,12 @@ def _predict_classifier(net: nn.Module, dataset: Radiographs, cfg: PredictConfig
     return np.concatenate(chunks).astype(np.float32)
 
 
-# Table 5.1's post-processing rows, and the configured search as an extra row
-SEARCHED = "Searched (beyond the thesis)"
-ROWS = {"argmax": "ArgMax", "raw": "Raw", "tta": "TTA", "search": SEARCHED}
-SCORES = ("dice_per_image", "dice", "iou")
-
-
-def posthoc_job(inp: StageInputs, out: Path) -> dict[str, Any]:
-    """Search on the saved validation predictions, evaluate the choice once on test.
-
-    Table 5.1's rows (§5.2) as ``{val,test}/<row>/*``: ``argmax`` (pixel and classifier at
-    0.5), ``raw`` (the pixel threshold searched, nothing else) and ``tta`` (the same on the
-    flip-averaged prediction), with the classifier gating at its class decision and no
-    minimum area; ``search``, the extra row: the best combination of the configured search
-    (beyond the thesis when it also tunes a minimum area or the classifier threshold), which
-    is also ``val/*`` and ``test/*`` and whose values are ``posthoc/*``. Two artifacts: every
-    combination tried (``posthoc/val_search.csv``) and ``posthoc/table_5_1.csv``."""
-    cfg: PosthocConfig = inp.cfg
-    src = inp.upstreams["predict"]
-    val, test = posthoc.load_predictions(src / "val.npz"), posthoc.load_predictions(src / "test.npz")
-    if cfg.search == "grid":
-        table = posthoc.grid_search(val, cfg.space())
-    else:
-        from raysuite.tune.posthoc_search import optuna_search
-
-        bounds = {
-            "pixel_threshold": cfg.pixel_threshold_range, "cls_threshold": cfg.cls_threshold_range,
-            "min_area": cfg.min_area_range, "tta": tuple(cfg.tta),
-        }  # fmt: skip
-        table = optuna_search(val, bounds, cfg.optuna_trials, cfg.seed)
-    caches = {"val": posthoc.StatsCache(val), "test": posthoc.StatsCache(test)}  # pixel passes shared by the rows
-    chosen = {"overall": _params(table.iloc[0]), "argmax": dict(posthoc.ARGMAX)}
-    for row, mode in (("raw", "none"), ("tta", "flip")):
-        chosen[row] = _params(pd.Series(posthoc.thesis_row(val, cfg.pixel_thresholds, mode, caches["val"])))
-    chosen["search"] = chosen["overall"]
-    metrics: dict[str, Any] = {}
-    table_rows = []
-    for name, params in chosen.items():
-        for split, pred in (("val", val), ("test", test)):
-            result = posthoc.evaluate(pred, **params, cache=caches[split])
-            prefix = split if name == "overall" else f"{split}/{name}"
-            metrics.update({f"{prefix}/{k}": float(result[k]) for k in SCORES})
-            if name == "overall":
-                metrics.update(_classifier_metrics(split, pred, params, result))
-            else:
-                table_rows.append({"row": ROWS[name], "split": split, **params, **{k: result[k] for k in SCORES}})
-    best = chosen["overall"]
-    metrics.update({
-        "posthoc/pixel_threshold": best["pixel_threshold"], "posthoc/min_area": float(best["min_area"]),
-        "posthoc/cls_threshold": best["cls_threshold"] if val.cls is not None else float("nan"),
-        "posthoc/tta_flip": float(best["tta"] == "flip"), "posthoc/combinations": float(len(table)),
-        # logged one step after the segmenter's last epoch
-        "posthoc/epoch": float(inp.stages["segmenter"]["epochs"] + 1),
-        f"{ARTIFACT}posthoc/val_search.csv": table.to_csv(index=False),
-        f"{ARTIFACT}posthoc/table_5_1.csv": pd.DataFrame(table_rows).to_csv(index=False),
-    })  # fmt: skip
-    return metrics
-
-
-def _params(row: pd.Series) -> dict[str, Any]:
-    cls = row.get("cls_threshold", float("nan"))
-    return {
-        "pixel_threshold": float(row.pixel_threshold), "cls_threshold": 0.0 if pd.isna(cls) else float(cls),
-        "min_area": int(row.min_area), "tta": str(row.tta),
-    }  # fmt: skip
-
-
-def _classifier_metrics(split: str, pred: posthoc.Predictions, params: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
-    """AUC of the classifier (under the chosen TTA) and its gate's precision/recall/F1."""
-    if pred.cls is None:
-        return {}
-    out = {f"{split}/cls_auc": roc_auc(posthoc.tta_cls_probability(pred.cls, params["tta"]), pred.labels)}
-    out.update({f"{split}/{k}": float(result[k]) for k in ("cls_precision", "cls_recall", "cls_f1")})
-    return out
-
-
 # ----------------------------------------------------------------------------- sweep
 
 
-def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
-    """The seed's Table 5.1 on the parent run: per configuration (arm) and post-processing
-    row, mean ± std over folds (:func:`~raysuite.report.summary.summarise`) of Dice per
-    image, Dice and IoU on the validation folds and on the test split."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, label in ROWS.items():
-        for split in ("val", "test"):
-            for score in SCORES:
-                column = f"{split}/{key}/{score}"
-                if column not in trials:
-                    continue
-                for r in summarise(trials, column).to_dict("records"):
-                    row = rows.setdefault((r["config"], label), {"config": r["config"], "postprocessing": label, "n": r["n"]})
-                    row[f"{split} {score}"] = r["mean ± std"]
-    if not rows:
-        return []
-    path = out / "table_5_1.csv"
-    pd.DataFrame(sorted(rows.values(), key=lambda r: r["config"])).to_csv(path, index=False)
-    return [path]
-
-
-def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def check(configs: StageConfigs) -> list[tuple[str, str]]:
     """A positives-only segmenter needs the classifier to gate it."""
-    if configs["segmenter"]["positives_only"] and not configs["classifier"]["enabled"]:
+    if configs.of("segmenter", SegmenterConfig).positives_only and not configs.of("classifier", ClassifierConfig).enabled:
         return [("segmenter.positives_only", "a U-Net trained on positives only needs classifier.enabled (its gate)")]
     return []
 
@@ -936,7 +819,7 @@ METHOD = Method(
     data_format="siim_acr",
     stages={
         "classifier": StageDef("classifier", ClassifierConfig, classifier_recipe, cacheable=True,
-                               skip=lambda cfg: not cfg["enabled"]),
+                               skip=lambda cfg: not cfg.enabled),
         "segmenter": StageDef("segmenter", SegmenterConfig, segmenter_recipe, cacheable=True),
         "predict": StageDef("predict", PredictConfig, consumes=("classifier", "segmenter"), cacheable=True,
                             job=predict_job),
@@ -958,6 +841,7 @@ METHOD = Method(
     manifest_hash=manifest_hash,
     baseline={"classifier.enabled": False, "segmenter.positives_only": False},
     report=report,
+    posthoc_knobs=POSTHOC_KNOBS,
     default_folds=FOLDS,
     progress_stage="segmenter",
     paper=PAPER,

@@ -1,59 +1,99 @@
-"""Optuna variant of the ``one_case_cascade`` post-hoc search (seed 004, thesis §5.2).
+"""The sweep's post-hoc searcher: Optuna over any method's knobs (:mod:`raysuite.methods.knobs`).
 
-Samples the pixel threshold, the classifier threshold, the minimum mask area and the TTA
-mode with a seeded TPE sampler and scores each trial on saved predictions with
-:func:`raysuite.methods.nn.posthoc.evaluate`. One :class:`StatsCache` serves every trial, so
-a trial whose threshold falls on an already-seen quantisation level costs no pixel pass.
+A job stage that searches inference-time knobs on saved predictions receives :func:`search`
+in ``StageInputs.posthoc_search`` (``tune/worker.py`` builds the inputs of worker and driver
+jobs). ``n_trials=None`` is the grid (:func:`raysuite.methods.knobs.grid_search`); an int is
+:func:`optuna_search`, a seeded TPE search. Nothing here knows a method: the knobs, their
+meaning and the evaluation are the method's.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from typing import Any
 
 import optuna
-import pandas as pd
 
-from raysuite.methods.nn.posthoc import Predictions, StatsCache, evaluate, results_table
+from raysuite.methods.knobs import (
+    Choice,
+    Evaluate,
+    FloatRange,
+    IntRange,
+    Mode,
+    Space,
+    best_first,
+    check_request,
+    check_space,
+    grid_search,
+    row,
+    score,
+)
+
+
+def _suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+    """One combination: Choice -> categorical, FloatRange -> float (log), IntRange -> int,
+    suggested in the space's knob order."""
+    knobs: dict[str, Any] = {}
+    for name, knob in space.items():
+        if isinstance(knob, Choice):
+            knobs[name] = trial.suggest_categorical(name, list(knob.values))
+        elif isinstance(knob, FloatRange):
+            knobs[name] = trial.suggest_float(name, knob.low, knob.high, log=knob.log)
+        else:
+            assert isinstance(knob, IntRange)
+            knobs[name] = trial.suggest_int(name, knob.low, knob.high)
+    return knobs
 
 
 def optuna_search(
-    pred: Predictions,
-    space_bounds: Mapping[str, Sequence[float] | Sequence[int] | Sequence[str]],
-    n_trials: int,
+    evaluate: Evaluate,
+    space: Space,
+    objective: str,
+    mode: Mode,
+    n_trials: int | None,
     seed: int = 0,
-) -> pd.DataFrame:
-    """Maximise ``dice_per_image`` on ``pred`` over ``n_trials`` TPE trials (seeded).
+) -> list[dict[str, Any]]:
+    """``n_trials`` trials of a TPE sampler seeded with ``seed`` (the same arguments give the
+    same rows), each scoring ``evaluate(**knobs)[objective]``, maximised for ``mode="max"``
+    and minimised for ``"min"``. Optuna's logging is held at WARNING during the search (and
+    restored after); a NaN objective fails its trial in Optuna but keeps its row. Returns one
+    row ``{**knobs, **metrics}`` per trial, best first (:func:`~raysuite.methods.knobs.best_first`:
+    ties keep trial order)."""
+    check_request(objective, mode, n_trials)
+    check_space(space)
+    if n_trials is None:
+        raise ValueError("optuna_search needs n_trials (n_trials=None is the grid: grid_search)")
+    rows: list[dict[str, Any]] = []
 
-    ``space_bounds``: ``pixel_threshold: (lo, hi)`` and ``cls_threshold: (lo, hi)`` floats,
-    ``min_area: (lo, hi)`` ints (inclusive), ``tta``: a tuple of TTA modes. Without a
-    classifier ``cls_threshold`` is not sampled (and may be absent). Optuna's logging is set
-    to WARNING during the search. Returns the table of
-    :func:`raysuite.methods.nn.posthoc.grid_search`: one row per trial, best first.
-    """
-    cache = StatsCache(pred)
-    rows = []
-
-    def objective(trial: optuna.Trial) -> float:
-        tta = trial.suggest_categorical("tta", list(space_bounds["tta"]))
-        pixel = trial.suggest_float("pixel_threshold", *space_bounds["pixel_threshold"])
-        cls = (
-            trial.suggest_float("cls_threshold", *space_bounds["cls_threshold"])
-            if pred.cls is not None
-            else math.nan
-        )
-        min_area = trial.suggest_int("min_area", *space_bounds["min_area"])
-        row = evaluate(pred, pixel, cls, min_area, tta, cache=cache)
-        rows.append(row)
-        return float(row["dice_per_image"])
+    def trial_objective(trial: optuna.Trial) -> float:
+        knobs = _suggest(trial, space)
+        metrics = evaluate(**knobs)
+        value = score(metrics, objective)
+        rows.append(row(knobs, metrics))
+        return value
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(
-            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
+            direction="maximize" if mode == "max" else "minimize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
         )
-        study.optimize(objective, n_trials=n_trials)
+        study.optimize(trial_objective, n_trials=n_trials)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return results_table(rows)
+    return best_first(rows, objective, mode)
+
+
+def search(
+    evaluate: Evaluate,
+    space: Space,
+    objective: str,
+    mode: Mode,
+    n_trials: int | None,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The :class:`~raysuite.methods.knobs.PosthocSearch` a sweep hands its jobs: the grid
+    over Choice knobs when ``n_trials`` is None, else :func:`optuna_search`."""
+    if n_trials is None:
+        return grid_search(evaluate, space, objective, mode, None, seed)
+    return optuna_search(evaluate, space, objective, mode, n_trials, seed)

@@ -21,7 +21,7 @@ from raysuite.methods.nn.pretrained import STATE_FILE
 from raysuite.train import collectives
 from raysuite.train.loop import HISTORY_FILE, Diverged, Recipe, fit, seed_everything
 from raysuite.train.sharding import shard_loader
-from raysuite.tune import telemetry
+from raysuite.tune import posthoc_search, telemetry
 from raysuite.tune.outcome import CHECKPOINTED, DIVERGED
 
 
@@ -113,9 +113,11 @@ def _inputs(config: dict[str, Any], stack: contextlib.ExitStack, rank: int = 0, 
         name: Path(stack.enter_context(ray.train.Checkpoint(uri).as_directory())) / STATE_FILE
         for name, uri in (config.get("pretrained") or {}).items()
     }
+    # the post-hoc searcher (grid or Optuna) of every job this builds: worker jobs here,
+    # driver jobs through run_job (tune/trial.py); a method never imports tune/ itself
     return StageInputs(
         stage.config.model_validate(config["cfg"]), config["data"], single, config["seed"], rank, world_size,
-        config.get("stages", {}), upstreams, config.get("fold"), weights,
+        config.get("stages", {}), upstreams, config.get("fold"), weights, posthoc_search=posthoc_search.search,
     )  # fmt: skip
 
 
@@ -124,8 +126,10 @@ def run_job(config: dict[str, Any], out: Path) -> dict[str, Any]:
     method = METHODS[config["method"]]
     method.prepare_data(config["data"])
     seed_everything(config["seed"])
+    job = method.stages[config["stage"]].job
+    assert job is not None, f"{config['stage']} is a training stage, not a job"
     with contextlib.ExitStack() as stack:
-        return method.stages[config["stage"]].job(_inputs(config, stack), out)
+        return job(_inputs(config, stack), out)
 
 
 def stage_worker(config: dict[str, Any]) -> None:
@@ -147,6 +151,7 @@ def stage_worker(config: dict[str, Any]) -> None:
         return
     method.prepare_data(config["data"])
     seed_everything(config["seed"] * 1000 + runtime.rank)
+    assert stage.recipe is not None  # a stage has a recipe or a job
     with contextlib.ExitStack() as stack:
         recipe = stage.recipe(_inputs(config, stack, runtime.rank, runtime.world_size))
         if config.get("diverge_at_epoch"):

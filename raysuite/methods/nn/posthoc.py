@@ -15,23 +15,32 @@ acts on levels: with TTA ``none`` a pixel is foreground when its level exceeds
 ``floor(t * 255)``; with ``flip`` the two levels are summed and compared with
 ``floor(t * 510)`` (:func:`threshold_level`). Every threshold between two levels gives the
 same masks, which :class:`StatsCache` exploits.
+
+The search is the generic one of :mod:`raysuite.methods.knobs`: :func:`evaluator` is its
+``evaluate(**knobs)`` over one :class:`Predictions` (sharing a :class:`StatsCache`),
+:func:`grid_space` / :func:`thesis_space` / :func:`default_space` its grids, and
+:func:`search_table` turns its rows into the table (:func:`results_table`'s order).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from types import MappingProxyType
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from raysuite.methods.knobs import Choice
 from raysuite.methods.nn.cls_metrics import precision_recall_f1
 
-TTA_MODES = ("none", "flip")
+TTA = Literal["none", "flip"]
+TTA_MODES: tuple[TTA, ...] = ("none", "flip")
+#: The knobs of :func:`evaluate` (and of :func:`evaluator`), in the grid's order.
+KNOBS = ("tta", "pixel_threshold", "cls_threshold", "min_area")
 # number of quantisation steps of the TTA probability: one uint8 level, or the sum of two
 _SCALE = {"none": 255, "flip": 510}
 
@@ -78,7 +87,7 @@ class Predictions:
     @property
     def labels(self) -> np.ndarray:
         """(N,) bool: the image has a non-empty ground-truth mask."""
-        return self.truth.any(axis=(1, 2))
+        return np.asarray(self.truth.any(axis=(1, 2)))
 
 
 def quantise(p: np.ndarray) -> np.ndarray:
@@ -312,54 +321,40 @@ def results_table(rows: Iterable[Mapping[str, float | int | str]]) -> pd.DataFra
     return table.drop(columns="tta_rank").reset_index(drop=True)
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """Grid of the post-hoc search: pixel thresholds, classifier thresholds, min areas, TTA."""
-
-    pixel_thresholds: tuple[float, ...]
-    cls_thresholds: tuple[float, ...]
-    min_areas: tuple[int, ...]
-    tta: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        for name in ("pixel_thresholds", "cls_thresholds", "min_areas", "tta"):
-            if not getattr(self, name):
-                raise ValueError(f"SearchSpace.{name} is empty")
-        for mode in self.tta:
-            _check_mode(mode)
-
-
 #: The thesis' classifier gate (§4.1.2 Algorithm 1: the CNN's class decision, ``cnn_pred == 0``
 #: empties the mask): a two-class softmax calls an image abnormal at probability 0.5.
 THESIS_CLS_THRESHOLD = 0.5
+#: The thesis' pixel thresholds (§5.2: "a series of thresholds between (0.01, 1)"; the step,
+#: 0.01, is ours): 0.01, 0.02, ..., 0.99.
+THESIS_PIXEL_THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 
-def thesis_space() -> SearchSpace:
+def thesis_space() -> dict[str, Choice]:
     """The thesis' post-processing (§5.2, Table 5.1), the default of ``one_case_cascade``.
 
     A pixel threshold searched in (0.01, 1) ("a series of thresholds between (0.01, 1)";
     the step, 0.01, is ours), with and without the flip TTA; the classifier gates at its
     class decision (:data:`THESIS_CLS_THRESHOLD`) and no minimum-area filter is applied
-    (the thesis has none).
+    (the thesis has none). A :func:`grid_space`.
     """
-    return SearchSpace(
-        pixel_thresholds=tuple(round(0.01 * i, 2) for i in range(1, 100)),
-        cls_thresholds=(THESIS_CLS_THRESHOLD,),
-        min_areas=(0,),
+    return grid_space(
+        pixel_thresholds=THESIS_PIXEL_THRESHOLDS,
+        cls_thresholds=[THESIS_CLS_THRESHOLD],
+        min_areas=[0],
         tta=TTA_MODES,
     )
 
 
-def default_space() -> SearchSpace:
+def default_space() -> dict[str, Choice]:
     """A wider grid, beyond the thesis (its search also tunes a minimum mask area and the
     classifier threshold, which the thesis does not): pixel thresholds 0.05..0.95 step
     0.05, classifier thresholds 0.1..0.9 step 0.1, minimum areas (0, 64, 256, 1024) pixels
     at the prediction size, TTA none / flip. :func:`thesis_space` is the thesis' own.
     """
-    return SearchSpace(
-        pixel_thresholds=tuple(round(0.05 * i, 2) for i in range(1, 20)),
-        cls_thresholds=tuple(round(0.1 * i, 1) for i in range(1, 10)),
-        min_areas=(0, 64, 256, 1024),
+    return grid_space(
+        pixel_thresholds=[round(0.05 * i, 2) for i in range(1, 20)],
+        cls_thresholds=[round(0.1 * i, 1) for i in range(1, 10)],
+        min_areas=[0, 64, 256, 1024],
         tta=TTA_MODES,
     )
 
@@ -375,16 +370,67 @@ def thesis_row(
     return results_table(rows).iloc[0].to_dict()
 
 
-def grid_search(pred: Predictions, space: SearchSpace) -> pd.DataFrame:
-    """Evaluate every combination of ``space`` on ``pred``; one row each, best first.
+def grid_space(
+    pixel_thresholds: Sequence[float],
+    cls_thresholds: Sequence[float] | None,
+    min_areas: Sequence[int],
+    tta: Sequence[str],
+) -> dict[str, Choice]:
+    """The knobs of :func:`evaluator` as a grid (:class:`~raysuite.methods.knobs.Choice`
+    each), in :data:`KNOBS` order: ``tta``, ``pixel_threshold``, ``cls_threshold``,
+    ``min_area``. ``cls_thresholds=None`` (predictions without a classifier: nothing is
+    gated) leaves ``cls_threshold`` out. Unknown TTA modes and empty lists are refused."""
+    for mode in tta:
+        _check_mode(mode)
+    lists = {
+        "tta": tta,
+        "pixel_threshold": pixel_thresholds,
+        "cls_threshold": cls_thresholds,
+        "min_area": min_areas,
+    }
+    return {name: Choice(tuple(values)) for name, values in lists.items() if values is not None}
 
-    Columns: ``tta, pixel_threshold, cls_threshold, min_area, dice_per_image, dice, iou`` and
-    ``cls_precision, cls_recall, cls_f1`` when ``pred`` has a classifier. Without one the
-    classifier thresholds collapse to a single NaN value (no gating), so no row repeats.
-    """
-    cache = StatsCache(pred)
-    cls_thresholds = space.cls_thresholds if pred.cls is not None else (math.nan,)
-    combos = itertools.product(space.tta, space.pixel_thresholds, cls_thresholds, space.min_areas)
+
+def evaluator(
+    pred: Predictions, cache: StatsCache | None = None
+) -> Callable[..., dict[str, float]]:
+    """``evaluate(**knobs) -> metrics`` over ``pred`` for a
+    :class:`~raysuite.methods.knobs.PosthocSearch`: keyword knobs ``tta``,
+    ``pixel_threshold``, ``min_area`` and, when ``pred`` has a classifier, ``cls_threshold``
+    (required then, absent otherwise); returns :func:`evaluate`'s scores without the knobs.
+    Every call shares ``cache`` (one is made when None), so a pixel pass is never repeated."""
+    cache = StatsCache(pred) if cache is None else cache
+    if cache.pred is not pred:
+        raise ValueError("cache was built for other predictions")
+
+    def evaluate_knobs(
+        tta: str, pixel_threshold: float, min_area: int, cls_threshold: float | None = None
+    ) -> dict[str, float]:
+        if (cls_threshold is None) != (pred.cls is None):
+            why = (
+                "have a classifier: give a"
+                if pred.cls is not None
+                else "have no classifier: give no"
+            )
+            raise ValueError(f"these predictions {why} cls_threshold")
+        cls = math.nan if cls_threshold is None else cls_threshold
+        result = evaluate(pred, pixel_threshold, cls, min_area, tta, cache=cache)
+        return {k: float(v) for k, v in result.items() if k not in KNOBS}
+
+    return evaluate_knobs
+
+
+def search_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows of a search of :func:`evaluator` (``{**knobs, **metrics}``) -> :func:`results_table`:
+    columns ``tta, pixel_threshold, cls_threshold, min_area`` (``cls_threshold`` NaN without a
+    classifier), then the scores of :func:`evaluate`; best first by its order."""
     return results_table(
-        evaluate(pred, pixel, cls, area, tta, cache=cache) for tta, pixel, cls, area in combos
+        {
+            "tta": str(r["tta"]),
+            "pixel_threshold": float(r["pixel_threshold"]),
+            "cls_threshold": float(r.get("cls_threshold", math.nan)),
+            "min_area": int(r["min_area"]),
+            **{k: v for k, v in r.items() if k not in KNOBS},
+        }
+        for r in rows
     )
