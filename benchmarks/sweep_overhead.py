@@ -28,7 +28,7 @@ from pathlib import Path
 
 from raysuite.methods import METHODS
 from raysuite.methods.base import StageInputs
-from raysuite.plan import POINT, decode, plan
+from raysuite.plan import POINT, decode, grid_trials, plan
 from raysuite.spec import load_spec, smoke
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
@@ -67,11 +67,11 @@ def sequential(spec, trials: int, root: Path) -> tuple[float, list[float]]:
     method = METHODS[spec.method]
     firsts = []
     start = time.perf_counter()
-    for i in range(trials):
+    for i, point in enumerate(grid_trials(spec)[:trials]):
         t0 = time.perf_counter()
-        p = plan(spec, *decode(spec, {POINT: i}))
+        p = plan(spec, *decode(spec, {POINT: point}))
         for name, stage in method.stages.items():
-            if stage.skip(p.configs[name]):
+            if stage.skips(p.configs[name]):
                 continue
             seed_everything(p.seeds[name] * 1000)
             inputs = StageInputs(stage.config.model_validate(p.configs[name]), spec.data.model_dump(), None,

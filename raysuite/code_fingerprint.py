@@ -1,6 +1,7 @@
 """A fingerprint of the code that computes a method's stages: the source of the method's
-module and of every raysuite module it imports, directly or not (read from the files, by
-their ``import`` statements, without importing them). A bug fix anywhere in that code
+module and of every module of raysuite or of the method's own top-level package (a method
+of your own: ``my_pkg.method`` follows ``my_pkg.losses``) it imports, directly or not (read
+from the files, by their ``import`` statements, without importing raysuite's). A bug fix anywhere in that code
 changes the fingerprint, so the stage cache never serves an output computed before it; an
 edit elsewhere (the report, the CLI, another method) does not."""
 
@@ -22,7 +23,10 @@ def _source(module: str) -> Path | None:
     """The file of ``module`` (None: no such module, e.g. a class name). A raysuite module is
     found without importing anything; another (a method by import path) through its spec."""
     if module.split(".")[0] != PACKAGE:
-        found = importlib.util.find_spec(module)
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):  # ``pkg.module.function``: a name, not a module
+            return None
         return Path(found.origin) if found is not None and found.origin else None
     parts = module.split(".")[1:]
     base = ROOT.joinpath(*parts)
@@ -32,9 +36,9 @@ def _source(module: str) -> Path | None:
     return None
 
 
-def _imports(module: str, path: Path) -> set[str]:
-    """raysuite modules ``module`` (at ``path``) names in its import statements, the
-    packages of a dotted name included (their ``__init__`` runs too)."""
+def _imports(module: str, path: Path, packages: frozenset[str]) -> set[str]:
+    """Modules of ``packages`` that ``module`` (at ``path``) names in its import statements,
+    the packages of a dotted name included (their ``__init__`` runs too)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
@@ -51,13 +55,15 @@ def _imports(module: str, path: Path) -> set[str]:
     out = set()
     for name in names:
         parts = name.split(".")
-        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0] == PACKAGE)
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0] in packages)
     return out
 
 
 @functools.cache
 def modules_of(module: str) -> tuple[str, ...]:
-    """``module`` and every raysuite module it imports, transitively, sorted."""
+    """``module`` and every module of raysuite or of ``module``'s top-level package it
+    imports, transitively, sorted."""
+    packages = frozenset({PACKAGE, module.split(".")[0]})
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -68,7 +74,7 @@ def modules_of(module: str) -> tuple[str, ...]:
         if path is None:  # a name imported from a module (a class, a function), not a module
             continue
         seen.add(name)
-        todo.extend(_imports(name, path) - seen)
+        todo.extend(_imports(name, path, packages) - seen)
     return tuple(sorted(seen))
 
 

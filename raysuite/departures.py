@@ -9,7 +9,8 @@ from typing import Any
 
 from raysuite.methods import METHODS
 from raysuite.methods.ledger import Departure, Paper, departures_markdown, design_flags
-from raysuite.spec import Spec, all_points, config_label, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import Spec, config_label, resolve_stage_configs
 
 
 def seed_number(method: str) -> str:

@@ -1,30 +1,74 @@
-"""From a spec and a Tune config to a trial plan: resolved stage configs, effective seeds
-and stage-cache keys. Pure functions, no Ray, so the CLI, the sweep driver and the tests
+"""From a spec to the configurations a sweep runs (arms x grid, repeats, skipped ones) and
+from a trial's point to its plan: resolved stage configs, effective seeds and stage-cache keys. Pure functions, no Ray, so the CLI, the sweep driver and the tests
 share them."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from raysuite.code_fingerprint import fingerprint
 from raysuite.methods import METHODS, module_of
 from raysuite.spec import (
+    ARM,
     FOLD,
     Spec,
     SpecError,
-    Unavailable,
-    all_points,
     config_id,
     config_label,
-    grid_points,
-    repeat_points,
     resolve_stage_configs,
 )
 
-POINT = "__point__"  # grid sweeps: index into configurations x repeats
+# ---------------------------------------------------------------- configurations
+
+
+def repeat_points(spec: Spec) -> list[dict[str, int]]:
+    """All repeat seed combinations, e.g. ``{pretrain.seed: 2, finetune.seed: 2}`` -> 4 dicts."""
+    axes = sorted(spec.search.repeats.items())
+    if not axes:
+        return [{}]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[range(n) for _, n in axes])]
+
+
+def all_points(spec: Spec) -> list[dict[str, Any]]:
+    """Cartesian product of the arms and the grid axes (one empty point when neither)."""
+    axes = list(spec.search.grid.items())
+    if spec.search.arms:
+        axes.insert(0, (ARM, list(spec.search.arms)))
+    if not axes:
+        return [{}]
+    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
+
+
+Unavailable = Callable[[Spec, dict[str, dict[str, Any]]], "str | None"]
+
+
+def skipped_points(spec: Spec, unavailable: Unavailable | None = None) -> list[tuple[dict[str, Any], str]]:
+    """Grid points that cannot run here, with the reason: the method's own
+    (``Method.unavailable``) or ``unavailable``'s (the sweep driver's: pretrained weights that
+    cannot be had, see :mod:`raysuite.weight_resolution`). The sweep reports them and runs
+    the rest."""
+    method, data = METHODS[spec.method], spec.data.model_dump()
+    out = []
+    for point in all_points(spec):
+        configs = resolve_stage_configs(spec, point, where="search")
+        reason = method.why_unavailable(data, configs) or (unavailable(spec, configs) if unavailable else None)
+        if reason:
+            out.append((point, reason))
+    return out
+
+
+def grid_points(spec: Spec, unavailable: Unavailable | None = None) -> list[dict[str, Any]]:
+    """The configurations a sweep runs: arms x grid axes, less :func:`skipped_points`."""
+    skipped = [point for point, _ in skipped_points(spec, unavailable)]
+    return [point for point in all_points(spec) if point not in skipped]
+
+
+POINT = "__point__"  # grid sweeps: the trial's serialised point (grid_trials)
 REPEAT = "__trial_index__"  # set by ray.tune.search.Repeater on Optuna sweeps
 
 
@@ -74,27 +118,24 @@ def stage_world_size(spec: Spec, stage: str) -> int:
     )
 
 
-def point_indices(spec: Spec, unavailable: Unavailable | None = None) -> list[int]:
-    """The grid study's trial indices (:data:`POINT`): every (configuration, repeat) of
-    :func:`~raysuite.spec.all_points` x repeats but the skipped configurations'. An index
-    names the same trial whatever is skipped, so the trials decode it without knowing."""
-    repeats = len(repeat_points(spec))
-    runs = grid_points(spec, unavailable)
-    return [
-        n * repeats + r
-        for n, point in enumerate(all_points(spec))
-        if point in runs
-        for r in range(repeats)
-    ]
+def grid_trials(spec: Spec, unavailable: Unavailable | None = None) -> list[dict[str, Any]]:
+    """The grid study's trials, each its serialised point (the value of :data:`POINT` in
+    the trial's Tune config): ``{"overrides": configuration, "repeat": seeds}``, for every
+    configuration of :func:`grid_points` x :func:`repeat_points`. A trial decodes its own
+    point (:func:`decode`) without enumerating the grid, and a resumed sweep's trials keep
+    theirs whatever the grid is now."""
+    repeats = repeat_points(spec)
+    return [{"overrides": point, "repeat": repeat} for point in grid_points(spec, unavailable) for repeat in repeats]
 
 
 def decode(spec: Spec, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """Tune config -> (overrides, repeat seeds)."""
-    repeats = repeat_points(spec)
+    """Tune config -> (overrides, repeat seeds): a grid trial's serialised :data:`POINT`,
+    or an Optuna trial's dotted keys with its repeat (:data:`REPEAT`)."""
     if POINT in config:
-        point = int(config[POINT])
-        return all_points(spec)[point // len(repeats)], repeats[point % len(repeats)]
+        point = config[POINT]
+        return dict(point["overrides"]), {k: int(v) for k, v in point["repeat"].items()}
     overrides = {k: v for k, v in config.items() if "." in k}
+    repeats = repeat_points(spec)
     if REPEAT in config:
         return overrides, repeats[int(config[REPEAT]) % len(repeats)]
     return overrides, repeats[0]
@@ -120,7 +161,7 @@ def plan(
     then provisional, good for telling which trials share a stage, not for the cache)."""
     method = METHODS[spec.method]
     configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
-    for key, message in method.check(configs):
+    for key, message in method.problems(configs):
         raise SpecError(None, key, message)
     seeds: dict[str, int] = {}
     keys: dict[str, str] = {}
@@ -151,6 +192,6 @@ def plan(
         if fold is not None and stage.per_fold:
             content["fold"] = fold
         keys[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
-        if not stage.skip(configs[name]):
+        if not stage.skips(configs[name]):
             live[name] = keys[name]
     return TrialPlan(overrides, repeat, configs, seeds, keys, dict(weights or {}))

@@ -1,7 +1,8 @@
 """Sweep spec: strict pydantic models, YAML loading (:mod:`raysuite.spec_yaml`: duplicate
 keys and alias bombs refused, ``${VAR:-default}`` expanded in values), ``--set`` overrides,
-dotted-path checks against the method's stage configs (and :mod:`raysuite.spec_checks`), and
-the list of configurations a sweep runs.
+dotted-path checks against the method's stage configs (:mod:`raysuite.spec_stage_checks`,
+:mod:`raysuite.spec_checks`). The configurations a sweep runs are enumerated by
+:mod:`raysuite.plan`.
 
 Every error is a :class:`SpecError` naming the file and the key path, raised before any
 Ray process starts.
@@ -11,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -234,7 +233,7 @@ class Spec(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from raysuite.methods import METHODS
+        from raysuite.methods import METHODS, entry_points
 
         if ":" in method:
             try:
@@ -244,6 +243,11 @@ class Spec(Strict):
                 why = f"{type(cause).__name__}: {cause}" if cause else "it names no raysuite Method"
                 raise ValueError(f"method {method!r} (module:ATTR) cannot be loaded: {why}") from None
         elif method not in METHODS:
+            if method in entry_points():  # registered by a package, but it does not load: say why
+                try:
+                    METHODS[method]
+                except KeyError as err:
+                    raise ValueError(str(err)) from None
             raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}{did_you_mean(method, METHODS)}")
         return method
 
@@ -257,6 +261,8 @@ def parse_spec(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Sp
         spec = Spec.model_validate(raw)
     except ValidationError as err:
         raise validation_error(err, Spec, path) from None
+    from raysuite.spec_stage_checks import check_stages  # it enumerates the grid (raysuite.plan)
+
     check_stages(spec, path)
     _absolute_paths(spec)
     return spec
@@ -310,7 +316,8 @@ def override_path(raw: dict[str, Any], key: str) -> list[str]:
     from raysuite.methods import METHODS
 
     parts = key.split(".")
-    method = METHODS.get(raw.get("method")) if isinstance(raw.get("method"), str) else None
+    name = raw.get("method")
+    method = METHODS.get(name) if isinstance(name, str) else None
     if parts[0] not in Spec.model_fields and method is not None and parts[0] in method.stages:
         parts = ["stages", *parts]
     heads = [list(h) for h in STAGE_KEYED] + ([parts[:3]] if parts[:2] == ["search", "arms"] else [])
@@ -344,159 +351,6 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, path: Any = None) -> 
             raise SpecError(path, key, f"{part!r} is not a mapping")
         node = child
     node[parts[-1]] = value
-
-
-def check_stages(spec: Spec, path: Any = None) -> None:
-    """Check stage configs, grid axes, repeats and Optuna space against the method's models,
-    the sweep's size, objective and fault drill (:mod:`raysuite.spec_checks`)."""
-    from raysuite import spec_checks
-    from raysuite.methods import METHODS
-
-    spec_checks.check_trial_count(spec, path)  # first: the checks below enumerate the grid
-    method = METHODS[spec.method]
-    if method.data_format == SOURCES and not spec.data.sources:
-        raise SpecError(path, "data.sources", f"{spec.method} reads several datasets: name them under data.sources")
-    if method.data_format != SOURCES and spec.data.format != method.data_format:
-        raise SpecError(path, "data.format", f"{spec.method} reads {method.data_format!r}, not {spec.data.format!r}")
-    data = spec.data.model_dump()
-
-    def problems(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-        return method.check(configs) + method.check_data(data, configs) + spec_checks.weights_problems(method, configs)
-
-    for stage in spec.stages:
-        if stage not in method.stages:
-            raise SpecError(path, f"stages.{stage}", f"{spec.method} has no stage {stage!r}; stages: {list(method.stages)}{did_you_mean(stage, method.stages)}")
-    base = resolve_stage_configs(spec, {}, path, "stages")
-    keys = [("search.grid", k) for k in spec.search.grid]
-    keys += [(f"search.arms.{arm}", k) for arm, values in spec.search.arms.items() for k in values]
-    keys += [("search.repeats", k) for k in spec.search.repeats if k != FOLD]
-    if spec.search.optuna:
-        keys += [("search.optuna.space", k) for k in spec.search.optuna.space]
-    baseline = spec.search.baseline
-    if isinstance(baseline, str) and baseline not in spec.search.arms:
-        raise SpecError(path, "search.baseline", f"{baseline!r} names no arm; arms: {list(spec.search.arms)}")
-    keys += [("search.baseline", k) for k in baseline] if isinstance(baseline, dict) else []
-    for section, key in keys:
-        stage, _, field = key.partition(".")
-        if stage not in method.stages or not field:
-            raise SpecError(path, f"{section}.{key}", f"must be <stage>.<field> with a stage of {list(method.stages)}{did_you_mean(stage, method.stages)}")
-        model, name = method.stages[stage].config, field.split(".")[0]
-        if name not in model.model_fields:
-            raise SpecError(path, f"{section}.{key}", f"{model.__name__} has no field {name!r}{did_you_mean(name, model.model_fields)}")
-    for key in spec.search.repeats:
-        if key != FOLD and not key.endswith(".seed"):
-            raise SpecError(path, f"search.repeats.{key}", "repeats vary a stage's seed (<stage>.seed) or the fold")
-    if FOLD in spec.search.repeats:
-        folds = fold_count(spec)
-        if folds is None:
-            raise SpecError(path, "search.repeats.fold", f"{spec.method} does not cross-validate")
-        if spec.search.repeats[FOLD] > folds:
-            raise SpecError(path, "search.repeats.fold", f"{spec.search.repeats[FOLD]} folds asked, the split has {folds}")
-    for arm, values in spec.search.arms.items():
-        if not values:
-            raise SpecError(path, f"search.arms.{arm}", "an arm sets at least one <stage>.<field>")
-        for key in values:
-            if key in spec.search.grid:
-                raise SpecError(path, f"search.arms.{arm}.{key}", "set by both an arm and a grid axis")
-        configs = resolve_stage_configs(spec, {ARM: arm}, path, f"search.arms.{arm}", base=base)
-        for field, message in problems(configs):
-            raise SpecError(path, f"search.arms.{arm}", f"{field}: {message}")
-    for key, message in problems(base):
-        raise SpecError(path, f"stages.{key}", message)
-    for key, values in spec.search.grid.items():
-        if not values:
-            raise SpecError(path, f"search.grid.{key}", "a grid axis needs at least one value")
-        for i, value in enumerate(values):
-            configs = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)
-            for field, message in problems(configs):
-                raise SpecError(path, f"search.grid.{key}[{i}]", f"{field}: {message}")
-    if spec.search.arms and spec.search.grid:  # an arm may clash with a grid value only together
-        for point in all_points(spec):
-            configs = resolve_stage_configs(spec, point, path, f"search.arms.{point[ARM]}", base=base)
-            for field, message in problems(configs):
-                raise SpecError(path, f"search.arms.{point[ARM]}", f"{field}: {message} (with {config_label(point)})")
-    skipped = skipped_points(spec)
-    if skipped and len(skipped) == len(all_points(spec)):
-        raise SpecError(path, "search", f"every configuration is skipped: {skipped[0][1]}")
-    spec_checks.check_objective(spec, path)
-    spec_checks.check_faults(spec, path)
-    spec_checks.check_optuna_space(spec, path, base)
-    if spec.search.scheduler.asha:
-        _check_asha(spec, path, base)
-    _check_batch_split(spec, path, base)
-
-
-def _check_batch_split(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -> None:
-    """A training stage's ``batch_size`` is the global batch (the seeds' number), split evenly
-    over ``resources.workers_per_trial`` DDP workers (``StageInputs.local_batch``): refuse
-    before any trial a base stage, arm, grid value or Optuna ``choice``/``randint`` value it
-    does not divide. Job stages run in one worker and are not checked."""
-    from raysuite.methods import METHODS
-
-    world = spec.resources.workers_per_trial
-    if world == 1:
-        return
-    method = METHODS[spec.method]
-    stages = [
-        name for name, d in method.stages.items()
-        if d.recipe is not None and d.job is None and "batch_size" in d.config.model_fields
-    ]  # fmt: skip
-
-    def refuse(key: str, value: Any, note: str = "") -> None:
-        raise SpecError(
-            path, key, f"batch_size {value}{note} is the global batch and must split evenly over "
-            f"workers_per_trial={world} DDP workers; use a multiple of {world}",
-        )  # fmt: skip
-
-    optuna = spec.search.optuna.space if spec.search.optuna else {}
-    for stage in stages:
-        key = f"{stage}.batch_size"
-        arms = spec.search.arms.values()
-        overridden = key in spec.search.grid or key in optuna or (arms and all(key in values for values in arms))
-        if not overridden and base[stage]["batch_size"] % world:  # the base value runs
-            refuse(f"stages.{key}", base[stage]["batch_size"])
-        for arm, values in spec.search.arms.items():
-            if key in values:
-                value = resolve_stage_configs(spec, {ARM: arm}, path, f"search.arms.{arm}", base=base)[stage]["batch_size"]
-                if value % world:
-                    refuse(f"search.arms.{arm}.{key}", value)
-        for i, value in enumerate(spec.search.grid.get(key, [])):
-            value = resolve_stage_configs(spec, {key: value}, path, f"search.grid.{key}[{i}]", base=base)[stage]["batch_size"]
-            if value % world:
-                refuse(f"search.grid.{key}[{i}]", value)
-        dist = optuna.get(key)
-        if isinstance(dist, Choice):
-            for value in dist.choice:  # a value that is no int fails the stage's model in its trial
-                if isinstance(value, int) and value % world:
-                    refuse(f"search.optuna.space.{key}", value, " (a choice)")
-        elif isinstance(dist, IntRange):
-            low, high = dist.randint
-            bad = next((v for v in range(low, high + 1) if v % world), None)
-            if bad is not None:
-                refuse(f"search.optuna.space.{key}", bad, f" (in randint [{low}, {high}]; use a choice of multiples)")
-
-
-def _check_asha(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -> None:
-    """ASHA's rungs count the progress stage's epochs up to ``max_t``; a trial it does not
-    prune runs every stage. A ``max_t`` below the stage's epochs is refused: with Ray's
-    ASHA it stopped every surviving trial there, before the stages after it ran."""
-    from raysuite.methods import METHODS
-
-    asha = spec.search.scheduler.asha
-    assert asha is not None
-    if asha.max_t < asha.grace_period:
-        raise SpecError(path, "search.scheduler.asha.max_t", "must be at least grace_period")
-    stage = METHODS[spec.method].schedule_stage()
-    epochs = {base[stage].get("epochs")}
-    epochs |= {v for k, vs in spec.search.grid.items() if k == f"{stage}.epochs" for v in vs}
-    epochs |= {a[f"{stage}.epochs"] for a in spec.search.arms.values() if f"{stage}.epochs" in a}
-    for n in sorted(e for e in epochs if isinstance(e, int)):
-        if asha.max_t < n:
-            raise SpecError(
-                path, "search.scheduler.asha.max_t",
-                f"{asha.max_t} is below {stage}.epochs ({n}): rungs count {stage} epochs, and a max_t short of "
-                f"them would cut surviving trials before their last stage; set it to {n}",
-            )  # fmt: skip
 
 
 def resolve_stage_configs(
@@ -559,50 +413,6 @@ def fold_count(spec: Spec) -> int | None:
     return None if default is None else spec.data.split.folds or default
 
 
-def repeat_points(spec: Spec) -> list[dict[str, int]]:
-    """All repeat seed combinations, e.g. ``{pretrain.seed: 2, finetune.seed: 2}`` -> 4 dicts."""
-    axes = sorted(spec.search.repeats.items())
-    if not axes:
-        return [{}]
-    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[range(n) for _, n in axes])]
-
-
-def all_points(spec: Spec) -> list[dict[str, Any]]:
-    """Cartesian product of the arms and the grid axes (one empty point when neither)."""
-    axes = list(spec.search.grid.items())
-    if spec.search.arms:
-        axes.insert(0, (ARM, list(spec.search.arms)))
-    if not axes:
-        return [{}]
-    return [dict(zip([k for k, _ in axes], combo, strict=True)) for combo in itertools.product(*[v for _, v in axes])]
-
-
-Unavailable = Callable[[Spec, dict[str, dict[str, Any]]], "str | None"]
-
-
-def skipped_points(spec: Spec, unavailable: Unavailable | None = None) -> list[tuple[dict[str, Any], str]]:
-    """Grid points that cannot run here, with the reason: the method's own
-    (``Method.unavailable``) or ``unavailable``'s (the sweep driver's: pretrained weights that
-    cannot be had, see :mod:`raysuite.weight_resolution`). The sweep reports them and runs
-    the rest."""
-    from raysuite.methods import METHODS
-
-    method, data = METHODS[spec.method], spec.data.model_dump()
-    out = []
-    for point in all_points(spec):
-        configs = resolve_stage_configs(spec, point, where="search")
-        reason = method.unavailable(data, configs) or (unavailable(spec, configs) if unavailable else None)
-        if reason:
-            out.append((point, reason))
-    return out
-
-
-def grid_points(spec: Spec, unavailable: Unavailable | None = None) -> list[dict[str, Any]]:
-    """The configurations a sweep runs: arms x grid axes, less :func:`skipped_points`."""
-    skipped = [point for point, _ in skipped_points(spec, unavailable)]
-    return [point for point in all_points(spec) if point not in skipped]
-
-
 def config_id(overrides: dict[str, Any]) -> str:
     """Stable short id of a configuration (its overrides, seeds excluded)."""
     blob = json.dumps(overrides, sort_keys=True, default=str)
@@ -656,5 +466,7 @@ def smoke(spec: Spec) -> Spec:
     data.resources.workers_per_trial = min(data.resources.workers_per_trial, 2)
     data.resources.cpus_per_worker = 1
     data.resources.max_concurrent_trials = max(1, 2 // data.resources.workers_per_trial)
+    from raysuite.spec_stage_checks import check_stages
+
     check_stages(data)
     return data

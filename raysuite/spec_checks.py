@@ -1,4 +1,4 @@
-"""Checks of a parsed spec against its method, beside :func:`raysuite.spec.check_stages`:
+"""Checks of a parsed spec against its method, beside :func:`raysuite.spec_stage_checks.check_stages`:
 the sweep's size, the objective metric, the Optuna space's values, the fault drill's stage
 and the data roots. Each raises a :class:`SpecError` naming the key."""
 
@@ -115,7 +115,7 @@ def check_optuna_space(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -
             except SpecError as err:
                 field, message = err.key, err.message
             else:
-                problems = method.check(configs) + method.check_data(data, configs)
+                problems = method.problems(configs, data)
                 if not problems:
                     continue
                 field, message = problems[0]

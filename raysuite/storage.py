@@ -20,6 +20,13 @@ import pyarrow.fs as pafs
 
 TMP_SUFFIX = ".tmp"  # ``<name>.<uuid>.tmp``: a write_atomic under way
 
+def root_of(given: str | None) -> str:
+    """A sweep's storage: ``given`` (the spec's ``storage``, ``--storage``), else
+    ``$RAYSUITE_STORAGE``, else ``./ray_results``; a local path made absolute, a URI as is."""
+    root = given or os.environ.get("RAYSUITE_STORAGE") or "ray_results"
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
 def uri_of(path: str) -> str:
     """``path`` as a URI pyarrow opens: a local path becomes absolute ``file://``."""
     return path if "://" in path else f"file://{Path(path).expanduser().resolve()}"

@@ -24,7 +24,8 @@ from raysuite.methods import METHODS
 from raysuite.methods.ledger import lookup
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.pretrained import STATE_FILE, Need, WeightsUnavailable
-from raysuite.spec import Spec, all_points, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import Spec, resolve_stage_configs
 from raysuite.storage import filesystem, join
 
 

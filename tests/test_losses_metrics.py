@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from raysuite.methods.nn.optim import warmup_cosine
 from raysuite.methods.nn.seg_metrics import dice_per_slice
 from raysuite.methods.nn.simsiam import collapse_coefficient, simsiam_loss
+from raysuite.train.optim import warmup_cosine
 
 
 def test_simsiam_loss_by_hand():

@@ -8,7 +8,8 @@ import pytest
 from raysuite.methods import METHODS
 from raysuite.methods import genesis_cls as gc
 from raysuite.methods.ledger import lookup
-from raysuite.spec import all_points, load_spec, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import load_spec, resolve_stage_configs
 
 METHOD = METHODS["genesis_cls"]
 SWEEPS = ("sweeps/genesis_transfer.yaml", "sweeps/genesis_search.yaml")

@@ -10,7 +10,8 @@ from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.methods import iou_simsiam_seg as iss
 from raysuite.methods.ledger import lookup
-from raysuite.spec import all_points, load_spec, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import load_spec, resolve_stage_configs
 
 METHOD = METHODS["iou_simsiam_seg"]
 SWEEPS = ("sweeps/iou_intervals.yaml", "sweeps/iou_interval_search.yaml")

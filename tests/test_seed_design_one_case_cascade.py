@@ -10,7 +10,8 @@ from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.methods import one_case_cascade as occ
 from raysuite.methods.ledger import design_flags, lookup
-from raysuite.spec import all_points, load_spec, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import load_spec, resolve_stage_configs
 
 METHOD = METHODS["one_case_cascade"]
 COMPARISON = "sweeps/one_case_vs_baseline.yaml"  # Table 5.1: One Case against the baseline

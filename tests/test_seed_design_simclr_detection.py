@@ -9,7 +9,8 @@ from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.methods import simclr_detection as sd
 from raysuite.methods.ledger import design_flags, lookup
-from raysuite.spec import all_points, load_spec, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import load_spec, resolve_stage_configs
 
 METHOD = METHODS["simclr_detection"]
 FRACTIONS_SWEEP, SEARCH_SWEEP = "sweeps/simclr_label_fractions.yaml", "sweeps/simclr_search.yaml"

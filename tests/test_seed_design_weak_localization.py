@@ -10,7 +10,8 @@ from raysuite.departures import departures_of
 from raysuite.methods import METHODS
 from raysuite.methods import weak_localization as wl
 from raysuite.methods.ledger import lookup
-from raysuite.spec import all_points, load_spec, resolve_stage_configs
+from raysuite.plan import all_points
+from raysuite.spec import load_spec, resolve_stage_configs
 
 METHOD = METHODS["weak_localization"]
 SWEEPS = ("sweeps/weak_loc_unannotated.yaml", "sweeps/weak_loc_thresholds.yaml")

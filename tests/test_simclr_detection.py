@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raysuite.methods import simclr_detection as sd
-from raysuite.methods.base import StageInputs
+from raysuite.methods.base import StageConfigs, StageInputs
 from raysuite.train.loop import STATE_FILE, fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
@@ -144,16 +144,9 @@ def test_files_whose_keys_do_not_fit_are_refused(pretrained_cache, tmp_path):
 
 def test_check_refuses_arms_that_cannot_mean_what_they_say():
     def errors(fraction, **fine):
-        pre = _cfg("pretrain", arch="resnet50", fraction=max(fraction, 0.1)).model_dump() | {
-            "fraction": fraction
-        }
+        pre = _cfg("pretrain", arch="resnet50", fraction=max(fraction, 0.1)).model_copy(update={"fraction": fraction})
         base = {"arch": "resnet50", "weights": "coco", "frozen_bn": True, "trainable_layers": 3}
-        return [
-            k
-            for k, _ in sd.check(
-                {"pretrain": pre, "finetune": _cfg("finetune", **(base | fine)).model_dump()}
-            )
-        ]
+        return [k for k, _ in sd.check(StageConfigs({"pretrain": pre, "finetune": _cfg("finetune", **(base | fine))}))]
 
     assert errors(0.0) == [] and errors(0.5) == []  # the seed's arms: COCO, SimCLR over COCO
     assert errors(0.5, arch="resnet18", weights="none") == ["finetune.arch"]
@@ -212,9 +205,10 @@ def test_physionet_abnormal_images_without_a_trained_box_are_dropped(tmp_path):
     import pandas as pd
 
     from raysuite.data.formats import vindr_cxr
+    from raysuite.data.synth.vindr_cxr import synth as synth_vindr_cxr
 
     root = tmp_path / "physionet"
-    vindr_cxr.synth(root, cases=16, seed=5, size=(96, 128), layout="physionet")
+    synth_vindr_cxr(root, cases=16, seed=5, size=(96, 128), layout="physionet")
     csv_path = root / "annotations" / "annotations_train.csv"
     csv = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     findings = csv[csv.class_name != "No finding"]
@@ -258,10 +252,10 @@ def test_report_curve_is_of_test_map40(tmp_path):
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
     """80 synthetic radiographs, split 60/30/10 so validation holds ~16 abnormal images."""
-    from raysuite.data.formats import vindr_cxr
+    from raysuite.data.synth.vindr_cxr import synth as synth_vindr_cxr
 
     root = tmp_path_factory.mktemp("vindr-learn")
-    vindr_cxr.synth(root / "v", cases=80, seed=0, size=(128, 160))
+    synth_vindr_cxr(root / "v", cases=80, seed=0, size=(128, 160))
     return {"format": "vindr_cxr", "root": str(root / "v"), "cache_dir": str(root / "cache"),
             "split": {"ratios": [0.6, 0.3, 0.1], "seed": 0}}  # fmt: skip
 

@@ -67,6 +67,30 @@ def _entry(storage, key, code):
     (storage / "stage_cache" / key / "weights.pt").write_bytes(b"0" * 2048)
 
 
+def test_fingerprint_follows_a_method_packages_own_modules(tmp_path, monkeypatch):
+    """A method of your own (``my_pkg.method``): an edit of a sibling module it imports
+    (``my_pkg.losses``) changes the key; one of a module it does not import does not."""
+    pkg = tmp_path / "my_fp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "losses.py").write_text("def loss():\n    return 1\n")
+    (pkg / "unused.py").write_text("X = 1\n")
+    (pkg / "method.py").write_text("from my_fp_pkg.losses import loss\nfrom raysuite.methods.base import Method\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fingerprint() -> str:
+        code_fingerprint.modules_of.cache_clear()
+        code_fingerprint.fingerprint.cache_clear()
+        return code_fingerprint.fingerprint("my_fp_pkg.method")
+
+    before = fingerprint()
+    assert {"my_fp_pkg.method", "my_fp_pkg.losses", "raysuite.methods.base"} <= set(code_fingerprint.modules_of("my_fp_pkg.method"))
+    (pkg / "unused.py").write_text("X = 2\n")
+    assert fingerprint() == before
+    (pkg / "losses.py").write_text("def loss():\n    return 2\n")
+    assert fingerprint() != before
+
+
 def test_cache_ls_and_rm(tmp_path, capsys):
     current = plan.code_fingerprint("iou_simsiam_seg")
     _entry(tmp_path, "fresh", current)
@@ -89,6 +113,6 @@ def test_cache_ls_and_rm(tmp_path, capsys):
 def test_asha_max_t_short_of_the_progress_stage_is_refused(max_t):
     from raysuite.spec import SpecError, load_spec
 
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(SpecError, match=r"search\.scheduler\.asha\.max_t: 1[07] is below segmenter\.epochs \(18\)") as err:
         load_spec("sweeps/one_case_search.yaml", [f"search.scheduler.asha.max_t={max_t}"])
     assert err.value.key == "search.scheduler.asha.max_t" and "segmenter.epochs (18)" in err.value.message

@@ -4,15 +4,14 @@ trial; a configuration whose weights cannot be had is skipped with the reason.""
 from __future__ import annotations
 
 import contextlib
-import textwrap
 
 import pytest
 import torch
 
 from raysuite import weight_resolution
 from raysuite.methods.nn.pretrained import STATE_FILE
-from raysuite.plan import POINT, decode, plan, point_indices
-from raysuite.spec import all_points, config_label, load_spec, skipped_points
+from raysuite.plan import POINT, all_points, decode, grid_trials, plan, skipped_points
+from raysuite.spec import config_label, load_spec
 
 SPEC = """
 name: weights
@@ -27,11 +26,8 @@ objective: {{metric: val/loc_acc_iou, mode: max, scope: last}}
 
 
 @pytest.fixture
-def spec(tmp_path, cxr14_root):
-    path = tmp_path / "spec.yaml"
-    text = SPEC.format(root=cxr14_root, cache=tmp_path / "cache", missing=tmp_path / "nowhere.pth")
-    path.write_text(textwrap.dedent(text))
-    return load_spec(path)
+def spec(tmp_path, cxr14_root, write_spec):
+    return load_spec(write_spec(SPEC, root=cxr14_root, missing=tmp_path / "nowhere.pth"))
 
 
 def test_unavailable_weights_skip_their_configuration_with_the_reason(
@@ -45,10 +41,10 @@ def test_unavailable_weights_skip_their_configuration_with_the_reason(
     }
     assert "ResNet18_Weights.IMAGENET1K_V1: not in the cache" in skipped['train.weights="imagenet"']
     assert "no such file" in skipped[f'train.weights="{tmp_path / "nowhere.pth"}"']
-    # the grid study runs only the "none" configuration's two repeats; indices still decode
-    indices = point_indices(spec, resolution.reason)
-    assert len(indices) == 2 and {
-        decode(spec, {POINT: i})[0]["train.weights"] for i in indices
+    # the grid study runs only the "none" configuration's two repeats
+    points = grid_trials(spec, resolution.reason)
+    assert len(points) == 2 and {
+        decode(spec, {POINT: p})[0]["train.weights"] for p in points
     } == {"none"}
     assert len(all_points(spec)) == 3
 
@@ -68,7 +64,7 @@ def test_weights_are_stored_once_and_every_trial_reads_the_stored_copy(
         weight_resolution.resolve(spec, storage).files == first.files
         and path.stat().st_mtime_ns == stamp
     )
-    overrides, repeat = decode(spec, {POINT: point_indices(spec, first.reason)[0]})
+    overrides, repeat = decode(spec, {POINT: grid_trials(spec, first.reason)[0]})
     configs = plan(spec, overrides, repeat, hash_data=False).configs
     assert overrides == {"train.weights": "imagenet"}
     assert first.for_trial(spec, configs) == {"train.weights": stored}

@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.pretrained import Need
 from raysuite.train.loop import Recipe
 from raysuite.train.telemetry import DATA_WAIT, EPOCH_TIME, GPU_MEM, SAMPLES_PER_S
+
+if TYPE_CHECKING:
+    from raysuite.methods.knobs import PosthocSearch
 
 # what the epoch loop (train.loop.fit) reports of every training stage, as <stage>/<key>
 LOOP_KEYS = ("loss", "epoch", "lr", EPOCH_TIME, SAMPLES_PER_S, DATA_WAIT, GPU_MEM)
@@ -24,14 +27,32 @@ class StageConfig(BaseModel):
     """Base of every stage config: strict (typos are errors) and carrying the RNG seed."""
 
     model_config = ConfigDict(extra="forbid")
-    seed: int = 0
+    seed: int = Field(0, description="RNG seed of this stage (search.repeats varies it for repeats)")
+
+
+class OptimConfig(StageConfig):
+    """Base of every training stage's config: what the epoch loop and the Train worker read of
+    any training stage. A method's config redeclares a field to give its seed's default and
+    bounds; a stage with a ``recipe`` must have an OptimConfig (``Method`` refuses others)."""
+
+    epochs: int = Field(1, ge=1, description="passes over the training set")
+    batch_size: int = Field(
+        2, ge=1, description="global batch of one optimiser step over every DDP worker (what the seeds report)"
+    )
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    num_workers: int = Field(2, ge=0, description="DataLoader processes per training worker")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
+
+
+C = TypeVar("C", bound=StageConfig)
 
 
 @dataclass(frozen=True)
-class StageInputs:
-    """What a stage's recipe builder receives inside a training worker."""
+class StageInputs(Generic[C]):
+    """What a stage's recipe builder or job receives: ``StageInputs[PretrainConfig]`` types
+    ``cfg`` as that stage's validated config."""
 
-    cfg: Any  # the stage's StageConfig subclass
+    cfg: C  # the stage's validated StageConfig subclass
     data: dict[str, Any]  # the spec's data section (format, root, cache_dir)
     upstream: Path | None  # local directory of the consumed stage's checkpoint, if any
     seed: int  # effective RNG seed of this run
@@ -42,6 +63,9 @@ class StageInputs:
     fold: int | None = None  # cross-validation fold of this trial (search.repeats.fold)
     # this stage's pretrained files resolved by the sweep driver, by field name (``weights``)
     pretrained: dict[str, Path] = field(default_factory=dict)
+    # a job's searcher of inference-time knobs on saved predictions (grid or Optuna), given
+    # by the sweep's trial (tune/); None outside a sweep: methods.knobs.search_posthoc then
+    posthoc_search: PosthocSearch | None = None
 
     def weights_file(self, name: str, arch: str) -> Path | None:
         """The local file of this stage's pretrained-weights field ``name`` (a file the
@@ -74,6 +98,30 @@ class StageInputs:
         return local
 
 
+class StageConfigs(Mapping[str, StageConfig]):
+    """One configuration's validated stage configs by stage name, as ``check``, ``check_data``
+    and ``unavailable`` receive them: ``configs.of("pretrain", PretrainConfig)`` gives that
+    stage's config typed as its model (a TypeError if the stage has another model)."""
+
+    def __init__(self, configs: Mapping[str, StageConfig]) -> None:
+        self._configs = dict(configs)
+
+    def __getitem__(self, stage: str) -> StageConfig:
+        return self._configs[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._configs)
+
+    def __len__(self) -> int:
+        return len(self._configs)
+
+    def of(self, stage: str, model: type[C]) -> C:
+        cfg = self._configs[stage]
+        if not isinstance(cfg, model):
+            raise TypeError(f"stage {stage!r} has a {type(cfg).__name__}, not a {model.__name__}")
+        return cfg
+
+
 # A job stage's work: (inputs, output directory) -> metrics. What it writes to the
 # directory is the stage's output; metrics whose key starts with ARTIFACT carry the text of
 # an artifact for the trial's run (e.g. a table of every post-hoc combination tried).
@@ -82,20 +130,29 @@ ARTIFACT = "artifact/"
 
 
 @dataclass(frozen=True)
-class StageDef:
+class StageDef(Generic[C]):
     """A stage trains (``recipe``: the epoch loop in DDP workers) or runs a ``job``: in one
     Ray Train worker (``job_on="worker"``, e.g. inference on the GPU) or in the trial's
-    driver (``job_on="driver"``, e.g. a threshold search on saved predictions)."""
+    driver (``job_on="driver"``, e.g. a threshold search on saved predictions). ``config``
+    types the rest: ``recipe`` receives ``StageInputs[C]``, ``skip`` a ``C``."""
 
     name: str
-    config: type[StageConfig]
-    recipe: Callable[[StageInputs], Recipe] | None = None
+    config: type[C]
+    recipe: Callable[[StageInputs[C]], Recipe] | None = None
     consumes: str | tuple[str, ...] | None = None  # stage(s) whose output this one loads
     cacheable: bool = False  # output stored in the stage cache under a content hash
     per_fold: bool = True  # False: the fold is not in its key (a pretraining shared by every fold)
-    skip: Callable[[Any], bool] = lambda cfg: False  # e.g. "no pretraining" arm
+    skip: Callable[[C], bool] = lambda cfg: False  # e.g. "no pretraining" arm
     job: Job | None = None
     job_on: Literal["worker", "driver"] = "worker"
+
+    def validated(self, cfg: Mapping[str, Any] | StageConfig) -> C:
+        """``cfg`` as this stage's model (a plan's JSON-ready dict is validated)."""
+        return cfg if isinstance(cfg, self.config) else self.config.model_validate(cfg)
+
+    def skips(self, cfg: Mapping[str, Any] | StageConfig) -> bool:
+        """Whether a configuration leaves this stage out (:attr:`skip` on its typed config)."""
+        return self.skip(self.validated(cfg))
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -107,21 +164,20 @@ class StageDef:
 @dataclass(frozen=True)
 class Method:
     name: str
-    seed: str  # seed paper file in shared/seeds
+    seed: str  # seed paper file in shared/seeds ("" for a method of your own: see description)
     data_format: str  # a data format, or "sources" (spec.SOURCES) for several named datasets
-    stages: dict[str, StageDef]
+    stages: dict[str, StageDef[Any]]
     monitor: str  # headline metric, e.g. "val/dice"
     tiny: dict[str, dict[str, Any]] = field(default_factory=dict)
     smoke: dict[str, dict[str, Any]] = field(default_factory=dict)
     smoke_cases: int = 6
-    check: Callable[[dict[str, dict[str, Any]]], list[tuple[str, str]]] = lambda configs: []
+    # (typed stage configs of a configuration) -> problems as (<stage>.<field>, message)
+    check: Callable[[StageConfigs], list[tuple[str, str]]] = lambda configs: []
     # (spec data section, stage configs) -> problems, for checks that need the data (source names)
-    check_data: Callable[[dict[str, Any], dict[str, dict[str, Any]]], list[tuple[str, str]]] = (
-        lambda data, configs: []
-    )
+    check_data: Callable[[dict[str, Any], StageConfigs], list[tuple[str, str]]] = lambda data, configs: []
     # (data, stage configs) -> why this configuration cannot run here (its grid point is
     # skipped with that message), or None
-    unavailable: Callable[[dict[str, Any], dict[str, dict[str, Any]]], str | None] = lambda data, configs: None
+    unavailable: Callable[[dict[str, Any], StageConfigs], str | None] = lambda data, configs: None
     # <stage>.<field> values of the arm the seed reports against (no pretraining, scratch,
     # the prior method): the report's paired comparisons use it unless search.baseline says
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +203,33 @@ class Method:
     # declared seconds per epoch of each training stage on one GPU at the seed's scale
     # (``raysuite plan``'s device-hour estimate); a job stage may declare its total seconds
     epoch_seconds: dict[str, float] = field(default_factory=dict)
+    description: str = ""  # one line for ``raysuite methods`` (a method with no seed paper)
+    # inference-time knobs its post-hoc job searches on saved predictions: knob -> meaning
+    # (``raysuite methods NAME`` lists them; the search itself: methods.knobs)
+    posthoc_knobs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, stage in self.stages.items():
+            if stage.recipe is not None and not issubclass(stage.config, OptimConfig):
+                raise TypeError(f"{self.name}: training stage {name!r} has config {stage.config.__name__}, "
+                                "which must subclass raysuite.methods.base.OptimConfig")  # fmt: skip
+            if (stage.recipe is None) == (stage.job is None):
+                raise TypeError(f"{self.name}: stage {name!r} needs exactly one of recipe and job")
+
+    def typed(self, configs: Mapping[str, Mapping[str, Any] | StageConfig]) -> StageConfigs:
+        """A configuration's stage configs (a plan's JSON-ready dicts) validated per stage."""
+        return StageConfigs({name: self.stages[name].validated(cfg) for name, cfg in configs.items()})
+
+    def problems(
+        self, configs: Mapping[str, Mapping[str, Any] | StageConfig], data: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
+        """:attr:`check`'s problems of a configuration, and :attr:`check_data`'s given ``data``."""
+        typed = self.typed(configs)
+        return self.check(typed) + (self.check_data(data, typed) if data is not None else [])
+
+    def why_unavailable(self, data: dict[str, Any], configs: Mapping[str, Mapping[str, Any] | StageConfig]) -> str | None:
+        """:attr:`unavailable` on a configuration's typed configs."""
+        return self.unavailable(data, self.typed(configs))
 
     def schedule_stage(self) -> str:
         return self.progress_stage or list(self.stages)[-1]

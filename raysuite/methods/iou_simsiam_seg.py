@@ -22,8 +22,9 @@ report list them); :func:`seed_design` gives the seed's own values of the config
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -37,9 +38,14 @@ from raysuite.data.crops import sample_pair
 from raysuite.data.datasets import ensure_manifest, prepare
 from raysuite.data.formats import flare22
 from raysuite.data.rng import ProcessRng
-from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.base import (
+    Method,
+    OptimConfig,
+    StageConfigs,
+    StageDef,
+    StageInputs,
+)
 from raysuite.methods.ledger import Departure, Paper
-from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.seg_metrics import dice_per_slice, slice_mean_dice
 from raysuite.methods.nn.simsiam import (
     PredictionMLP,
@@ -48,11 +54,15 @@ from raysuite.methods.nn.simsiam import (
     simsiam_loss,
 )
 from raysuite.train.loop import Evaluation, Recipe, load_state
+from raysuite.train.optim import decay_groups, warmup_cosine
+
+if TYPE_CHECKING:
+    from monai.networks.nets.swin_unetr import SwinUNETR
 
 PREP = flare22.Preprocessing()
 
 
-class SwinStageConfig(StageConfig):
+class SwinStageConfig(OptimConfig):
     """Fields shared by both stages: the 2-D Swin UNETR shape and loader/precision knobs."""
 
     feature_size: int = Field(48, ge=12)
@@ -93,7 +103,7 @@ class PretrainConfig(SwinStageConfig):
     def _interval(self) -> PretrainConfig:
         if (self.iou_min is None) != (self.iou_width is None):
             raise ValueError("iou_min and iou_width go together")
-        if self.iou_min is not None:
+        if self.iou_min is not None and self.iou_width is not None:
             self.iou_interval = (self.iou_min, min(1.0, self.iou_min + self.iou_width))
             self.iou_min = self.iou_width = None
         if self.iou_interval is not None:
@@ -167,6 +177,13 @@ def _load_cases(data: dict[str, Any], rows: Any) -> list[tuple[np.ndarray, np.nd
     return out
 
 
+def _labelled_cases(data: dict[str, Any], rows: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_load_cases` of train or val ``rows``: labelled cases only (split_cases)."""
+    cases = _load_cases(data, rows)
+    assert all(seg is not None for _, seg in cases), "train/val cases are labelled"
+    return cast("list[tuple[np.ndarray, np.ndarray]]", cases)
+
+
 class PairDataset(Dataset):
     """Unlabelled slices -> two augmented IoU-constrained crops.
 
@@ -188,7 +205,9 @@ class PairDataset(Dataset):
         if h < s or w < s:
             image = np.pad(image, ((0, max(0, s - h)), (0, max(0, s - w))))
             h, w = image.shape
-        pair = sample_pair(h, w, s, tuple(self.cfg.iou_interval), npr, self.cfg.r1, self.cfg.r2)
+        interval = self.cfg.iou_interval
+        assert interval is not None  # iou_interval: null skips the pretraining stage
+        pair = sample_pair(h, w, s, (interval[0], interval[1]), npr, self.cfg.r1, self.cfg.r2)
         views = []
         for top, left in (pair.first, pair.second):
             crop = torch.from_numpy(np.asarray(image[top : top + s, left : left + s], dtype=np.float32))[None]
@@ -238,8 +257,8 @@ def _stack_crops(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
 # --------------------------------------------------------------------------- models
 
 
-def swin_unetr(cfg: SwinStageConfig, out_channels: int) -> nn.Module:
-    from monai.networks.nets import SwinUNETR
+def swin_unetr(cfg: SwinStageConfig, out_channels: int) -> SwinUNETR:
+    from monai.networks.nets.swin_unetr import SwinUNETR
 
     return SwinUNETR(
         in_channels=1,
@@ -273,7 +292,7 @@ class SimSiamSwin(nn.Module):
         return self.predictor(z1), self.predictor(z2), z1, z2
 
 
-def load_encoder(model: nn.Module, checkpoint_dir: Path) -> None:
+def load_encoder(model: SwinUNETR, checkpoint_dir: Path) -> None:
     """Load the pretrained encoder into ``model.swinViT`` strictly (no missing keys)."""
     state = load_state(checkpoint_dir)["model"]
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -304,6 +323,7 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
 
     def make_optimizer(module: nn.Module) -> torch.optim.Optimizer:
         # Seed §4.5: no weight decay on BN/bias; cosine decay not applied to the predictor.
+        assert isinstance(module, SimSiamSwin)  # the loop hands back the recipe's model
         groups = decay_groups([module.encoder, module.projector], cfg.weight_decay)
         groups += decay_groups([module.predictor], cfg.weight_decay, fixed_lr=True)
         for group in groups:
@@ -333,13 +353,13 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
 
 
 def finetune_recipe(inp: StageInputs) -> Recipe:
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
+    from monai.inferers.utils import sliding_window_inference
+    from monai.losses.dice import DiceCELoss
 
     cfg: FinetuneConfig = inp.cfg
     cases = _cases(inp.data, cfg)
-    train = _load_cases(inp.data, cases[cases.split == "train"])
-    val = _load_cases(inp.data, cases[cases.split == "val"])
+    train = _labelled_cases(inp.data, cases[cases.split == "train"])
+    val = _labelled_cases(inp.data, cases[cases.split == "val"])
     loader = DataLoader(
         LabelledCropDataset(train, cfg), batch_size=inp.local_batch(cfg.batch_size), shuffle=True,
         drop_last=False, num_workers=cfg.num_workers, collate_fn=_stack_crops, persistent_workers=cfg.num_workers > 0,
@@ -362,7 +382,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
         return {"loss": loss_fn(logits, y.to(device)[:, None])}
 
     @torch.no_grad()
-    def predict(net: nn.Module, device: torch.device, shard: list[int]) -> list[torch.Tensor]:
+    def predict(net: nn.Module, device: torch.device, shard: Sequence[int]) -> list[torch.Tensor]:
         """Sliding-window inference on the validation cases ``shard`` (indices into ``val``),
         16 slices at a time: per case its (Z, NUM_CLASSES) float64 dice array
         (:func:`dice_per_slice`, NaN where a class is absent from the slice's label)."""
@@ -378,6 +398,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
                     logits = sliding_window_inference(
                         x, cfg.crop_size, cfg.sw_batch_size, net, overlap=cfg.sw_overlap
                     )
+                assert isinstance(logits, torch.Tensor)  # net returns one tensor, so does the window
                 pred = logits.argmax(1).cpu()
                 truth = torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64))
                 dice.append(dice_per_slice(pred, truth, flare22.NUM_CLASSES))
@@ -415,14 +436,14 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x[valid].mean()) if valid.any() else float("nan")
 
 
-def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def check(configs: StageConfigs) -> list[tuple[str, str]]:
     """Cross-stage checks: the fine-tuned Swin UNETR must match the pretrained encoder."""
-    pre, fine = configs["pretrain"], configs["finetune"]
+    pre, fine = configs.of("pretrain", PretrainConfig), configs.of("finetune", FinetuneConfig)
     errors = []
-    if pre["iou_interval"] is not None:
+    if pre.iou_interval is not None:
         for key in ("feature_size", "depths", "num_heads", "window_size"):
-            if pre[key] != fine[key]:
-                errors.append((f"finetune.{key}", f"{fine[key]} differs from pretrain.{key} {pre[key]}"))
+            if getattr(pre, key) != getattr(fine, key):
+                errors.append((f"finetune.{key}", f"{getattr(fine, key)} differs from pretrain.{key} {getattr(pre, key)}"))
     return errors
 
 
@@ -556,7 +577,7 @@ METHOD = Method(
             PretrainConfig,
             pretrain_recipe,
             cacheable=True,
-            skip=lambda cfg: cfg["iou_interval"] is None,
+            skip=lambda cfg: cfg.iou_interval is None,
         ),
         "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
     },  # fmt: skip

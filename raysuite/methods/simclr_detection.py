@@ -50,14 +50,20 @@ from raysuite.data.formats import vindr_cxr
 from raysuite.data.rng import ProcessRng
 from raysuite.data.sampling import RepeatFactorSampler, repeat_factors
 from raysuite.data.simclr_augment import SimCLRAugment
-from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.base import (
+    Method,
+    OptimConfig,
+    StageConfigs,
+    StageDef,
+    StageInputs,
+)
 from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.det_metrics import DetectionEvaluator
-from raysuite.methods.nn.optim import decay_groups, warmup_cosine
 from raysuite.methods.nn.simclr import ProjectionHead, nt_xent, nt_xent_accuracy
 from raysuite.report.curves import label_fraction_curve
 from raysuite.train.loop import Evaluation, Recipe, load_state, loader_evaluation
+from raysuite.train.optim import decay_groups, warmup_cosine
 
 CLASSES = vindr_cxr.CLASSES
 NUM_CLASSES = len(CLASSES) + 1  # with background (index 0 in torchvision's detectors)
@@ -68,7 +74,7 @@ DETECTOR_HEADS = pretrained.ARCHS[COCO_ARCH].heads  # the 91-class COCO box pred
 TEST_METRIC = "test/map40"  # the seed's comparison, on the test split at the best validation epoch
 
 
-class DetStageConfig(StageConfig):
+class DetStageConfig(OptimConfig):
     arch: Literal["resnet50", "resnet18"] = "resnet50"  # resnet18: the CPU-sized TINY preset
     image_size: int = Field(512, ge=64)  # seed §2.1: every image resized to 512x512
     num_workers: int = Field(4, ge=0)
@@ -169,7 +175,7 @@ def splits(data: dict[str, Any], fraction: float, pool_seed: int) -> pd.DataFram
     spec's ``data.split`` (seed §2.1), the training part divided into ``finetune`` (labelled)
     and ``pool`` (unlabelled: pretraining) with ``fraction`` in the pool. Column ``role``."""
     df, _ = ensure_manifest(data)
-    df = df[vindr_cxr.abnormal(df) & (df.source_split != "test")].reset_index(drop=True)
+    df = df.loc[vindr_cxr.abnormal(df) & (df.source_split != "test")].reset_index(drop=True)
     split = data.get("split") or {}
     df = manifest.assign_splits(
         df, tuple(split.get("ratios", (0.7, 0.1, 0.2))), split.get("seed", 0)
@@ -177,7 +183,7 @@ def splits(data: dict[str, Any], fraction: float, pool_seed: int) -> pd.DataFram
     role = df.split.map({"val": "val", "test": "test", "train": "finetune"})
     train = df.split == "train"
     labelled = manifest.labelled_mask(
-        df[train].reset_index(drop=True), 1.0 - fraction, seed=pool_seed
+        df.loc[train].reset_index(drop=True), 1.0 - fraction, seed=pool_seed
     )
     role.iloc[np.flatnonzero(train.to_numpy())[~labelled]] = "pool"
     return df.assign(role=role)
@@ -188,7 +194,7 @@ def manifest_hash(data: dict[str, Any], stage: str, cfg: Any) -> str:
     _, meta = ensure_manifest(data)
     fraction, pool_seed = (cfg.fraction, cfg.pool_seed) if stage == "pretrain" else (0.0, 0)
     df = splits(data, fraction, pool_seed)
-    rows = df[df.role == "pool"] if stage == "pretrain" else df
+    rows = df.loc[df.role == "pool"] if stage == "pretrain" else df
     blob = meta["hash"] + rows[["sample_id", "role"]].to_csv(index=False) + _prep(cfg).key()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -345,7 +351,7 @@ def load_detector_state(model: nn.Module, state: dict[str, torch.Tensor], origin
 def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """An ImageNet ResNet state dict into ``model.backbone.body`` (its ``fc`` classifier
     dropped): every body key must fit; else ``ValueError`` naming ``origin``."""
-    body = model.backbone.body
+    body = model.get_submodule("backbone.body")
     pretrained.load_into(body, _without_counters(state, body), ("fc.",), origin)
 
 
@@ -354,7 +360,7 @@ def load_simclr_backbone(model: nn.Module, checkpoint_dir: Path) -> None:
     (nothing missing); the projection head is dropped."""
     state = load_state(checkpoint_dir)["model"]
     encoder = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    result = model.backbone.body.load_state_dict(encoder, strict=True)
+    result = model.get_submodule("backbone.body").load_state_dict(encoder, strict=True)
     assert not result.missing_keys and not result.unexpected_keys, result
 
 
@@ -417,10 +423,11 @@ def pretrain_recipe(inp: StageInputs) -> Recipe:
     views = TwoViews(image_cache(inp.data, cfg), pool, augment)
     # a fixed number of steps per epoch for every pool size: successive shuffles of the pool
     # (the loop's sharding keeps the count, split over the workers)
-    fixed = cfg.steps_per_epoch is not None
+    steps = cfg.steps_per_epoch
+    fixed = steps is not None
     sampler = (
-        RandomSampler(views, num_samples=cfg.steps_per_epoch * per_worker * inp.world_size)
-        if fixed
+        RandomSampler(views, num_samples=steps * per_worker * inp.world_size)
+        if steps is not None
         else None
     )
     loader = DataLoader(
@@ -498,7 +505,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
     cfg: FinetuneConfig = inp.cfg
     fraction, pool_seed = _pretrain_settings(inp.stages)
     df = splits(inp.data, fraction, pool_seed)
-    train = df[df.role == "finetune"]
+    train = df.loc[df.role == "finetune"]
     if cfg.max_train_images:
         train = train.head(cfg.max_train_images)
     cache = image_cache(inp.data, cfg)
@@ -516,7 +523,7 @@ def finetune_recipe(inp: StageInputs) -> Recipe:
 
     def eval_loader(role: str) -> DataLoader:
         return DataLoader(
-            BoxImages(cache, df[df.role == role], cfg.image_size),
+            BoxImages(cache, df.loc[df.role == role], cfg.image_size),
             batch_size=4,
             collate_fn=_collate,
             num_workers=0,
@@ -583,29 +590,29 @@ def _warmup(step: int, steps: int) -> float:
     return 1e-3 + (1 - 1e-3) * step / steps
 
 
-def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def check(configs: StageConfigs) -> list[tuple[str, str]]:
     """What a configuration cannot mean: a fine-tuned body of another architecture than the
     pretrained one; COCO weights on a body other than ResNet-50 (torchvision publishes the
     COCO detector for ResNet-50 only); backbone-only weights in a SimCLR arm (the SimCLR body
     would overwrite them); a scratch detector with frozen BN or frozen stages (BN frozen at
     its identity initialisation leaves a random ResNet unnormalised)."""
-    pre, fine = configs["pretrain"], configs["finetune"]
-    simclr = pre["fraction"] > 0
-    arch = weights_arch(fine["weights"], fine["arch"])
+    pre, fine = configs.of("pretrain", PretrainConfig), configs.of("finetune", FinetuneConfig)
+    simclr = pre.fraction > 0
+    arch = weights_arch(fine.weights, fine.arch)
     errors = []
-    if simclr and pre["arch"] != fine["arch"]:
-        errors.append(("finetune.arch", f"{fine['arch']} differs from pretrain.arch {pre['arch']}"))
-    if arch == COCO_ARCH and fine["arch"] != "resnet50":
+    if simclr and pre.arch != fine.arch:
+        errors.append(("finetune.arch", f"{fine.arch} differs from pretrain.arch {pre.arch}"))
+    if arch == COCO_ARCH and fine.arch != "resnet50":
         errors.append(
             (
                 "finetune.weights",
-                f"{fine['weights']!r} is a ResNet-50 Faster R-CNN; finetune.arch is {fine['arch']}",
+                f"{fine.weights!r} is a ResNet-50 Faster R-CNN; finetune.arch is {fine.arch}",
             )
         )
     if simclr and arch not in (None, COCO_ARCH):
-        errors.append(("finetune.weights", f"{fine['weights']!r} initialises the body only, which a SimCLR arm takes from "
+        errors.append(("finetune.weights", f"{fine.weights!r} initialises the body only, which a SimCLR arm takes from "
                                            "pretraining: use coco (FPN and heads) or none"))  # fmt: skip
-    if not simclr and arch is None and (fine["frozen_bn"] or fine["trainable_layers"] < 5):
+    if not simclr and arch is None and (fine.frozen_bn or fine.trainable_layers < 5):
         errors.append(("finetune.frozen_bn", "a scratch detector (weights none, no pretraining) needs frozen_bn false and "
                                              "trainable_layers 5; give the arms compared with it the same"))  # fmt: skip
     return errors
@@ -771,7 +778,7 @@ METHOD = Method(
             PretrainConfig,
             pretrain_recipe,
             cacheable=True,
-            skip=lambda cfg: cfg["fraction"] == 0,
+            skip=lambda cfg: cfg.fraction == 0,
         ),
         "finetune": StageDef("finetune", FinetuneConfig, finetune_recipe, consumes="pretrain"),
     },  # fmt: skip

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,13 @@ from raysuite.data import manifest
 from raysuite.data.cache import ShardCache
 from raysuite.data.datasets import ensure_manifest, manifest_path, prepare
 from raysuite.data.formats import chestxray14 as cxr14
-from raysuite.methods.base import Method, StageConfig, StageDef, StageInputs
+from raysuite.methods.base import (
+    Method,
+    OptimConfig,
+    StageConfigs,
+    StageDef,
+    StageInputs,
+)
 from raysuite.methods.ledger import Departure, Paper
 from raysuite.methods.nn.cls_metrics import roc_auc
 from raysuite.methods.nn.loc_metrics import localisation_table
@@ -69,7 +75,7 @@ CLASSES, BOX_CLASSES = cxr14.CLASSES, cxr14.BOX_CLASSES
 THRESHOLD_NAMES = ("tau", "rho", "tau_hat", "rho_hat")
 
 
-class WeakLocStageConfig(StageConfig):
+class WeakLocStageConfig(OptimConfig):
     """§4 "Training Details": Adam with weight decay 0.01, lr 1e-3 decaying exponentially
     (the rate is not given: ``lr_decay`` 0.95 per epoch is ours), batch 48. The seed gives
     no epoch counts: 30 (train) and 10 (crf) are ours."""
@@ -219,11 +225,11 @@ def splits(data: dict[str, Any], fold: int | None, unannotated_fraction: float) 
         raise ValueError(
             f"{manifest_path(data)}: no image has a box (BBox_List_2017.csv); nothing to localise"
         )
-    boxed = manifest.assign_folds(df[annotated], folds(data), _split_seed(data))
+    boxed = manifest.assign_folds(df.loc[annotated], folds(data), _split_seed(data))
     in_val = boxed.fold.to_numpy() == (fold or 0)
     df.loc[boxed.index, "role"] = np.where(in_val, "val", "train")
     val_patients = set(boxed.patient_key[in_val])
-    pool = df[~annotated].sort_values("sample_id")
+    pool = df.loc[~annotated].sort_values("sample_id")
     order = np.random.default_rng(_split_seed(data) + 3).permutation(len(pool))
     wanted = int(round(unannotated_fraction * len(pool)))
     eligible = [i for i in pool.index[order] if pool.patient_key[i] not in val_patients]
@@ -297,7 +303,7 @@ def to_input(images: torch.Tensor, prep: cxr14.Preprocessing) -> torch.Tensor:
 
 
 def _train_rows(df: pd.DataFrame, cfg: WeakLocStageConfig) -> pd.DataFrame:
-    rows = df[df.role == "train"].sort_values("annotated", ascending=False, kind="stable")
+    rows = df.loc[df.role == "train"].sort_values("annotated", ascending=False, kind="stable")
     return rows.head(cfg.max_train_images) if cfg.max_train_images else rows
 
 
@@ -335,11 +341,21 @@ def base_model(cfg: TrainConfig, weights: Path | None = None) -> PatchGridNet:
 def crf_model(cfg: CrfConfig, base: PatchGridNet) -> CrfNet:
     """The frozen ``base`` with a feature branch and a PAC-CRF; thresholds continue from the base's."""
     model = CrfNet(base, cfg.feature_channels, cfg.size, cfg.steps, cfg.hidden)
-    model.thresholds = Thresholds(base.thresholds.get())
+    model.thresholds = Thresholds(thresholds_of(base).get())
     return model
 
 
-def load_trained(model: nn.Module, checkpoint_dir: Path) -> nn.Module:
+def thresholds_of(model: nn.Module) -> Thresholds:
+    """The :class:`Thresholds` buffers :func:`base_model` and :func:`crf_model` attach."""
+    thresholds = model.thresholds
+    assert isinstance(thresholds, Thresholds), type(thresholds)
+    return thresholds
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_trained(model: M, checkpoint_dir: Path) -> M:
     """The stage's final weights (and thresholds) from its checkpoint."""
     state = load_state(checkpoint_dir)
     model.load_state_dict(state["model"])
@@ -367,14 +383,14 @@ def _recipe(stage: str, model: nn.Module, trainable: list[nn.Parameter], cfg: We
     train = _train_rows(df, cfg)
     if not train.annotated.any():
         raise ValueError(f"{stage}: fold {inp.fold} leaves no annotated training image")
-    val = df[df.role == "val"]
+    val = df.loc[df.role == "val"]
     dataset = GridImages(images, train, prep)
     loader = DataLoader(dataset, batch_size=inp.local_batch(cfg.batch_size), shuffle=True, drop_last=len(train) > cfg.batch_size,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)  # fmt: skip
     val_rows = val.to_dict("records")
     val_loader = DataLoader(GridImages(images, val, prep), batch_size=cfg.batch_size, shuffle=False)
     gamma = _gamma(train_cfg, train)
-    thresholds: Thresholds = model.thresholds
+    thresholds = thresholds_of(model)
     state = {"epoch": 0}
 
     def loss_of(
@@ -563,9 +579,10 @@ def report(trials: pd.DataFrame, out: Path, metric: str) -> list[Path]:
     return [path]
 
 
-def check(configs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def check(configs: StageConfigs) -> list[tuple[str, str]]:
     """Threshold fitting only means something for the seed's loss."""
-    if configs["train"]["loss"] == "li" and configs["train"]["thresholds"] == "alternate":
+    train = configs.of("train", TrainConfig)
+    if train.loss == "li" and train.thresholds == "alternate":
         return [
             ("train.thresholds", "Li et al.'s loss has no thresholds to alternate (use loss: seed)")
         ]
@@ -772,7 +789,7 @@ METHOD = Method(
             crf_recipe,
             consumes="train",
             cacheable=True,
-            skip=lambda cfg: not cfg["enabled"],
+            skip=lambda cfg: not cfg.enabled,
         ),
     },  # fmt: skip
     monitor="val/loc_acc_iou",

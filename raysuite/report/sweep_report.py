@@ -19,9 +19,10 @@ from __future__ import annotations
 import html as _html
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -45,6 +46,8 @@ from raysuite.track import mlflow_runs as track
 COLLAPSE = "pretrain/collapse"
 DEPARTURES = "departures.md"  # the parent run's ledger (raysuite.tune.sweep.DEPARTURES)
 SKIPPED = "skipped.txt"
+# (points: a column per searched key and objective, space, mode) -> {parameter: importance}
+Importances = Callable[[pd.DataFrame, Mapping[str, Any], Literal["max", "min"]], dict[str, float]]
 CLIP_MARK = "†"
 
 
@@ -103,11 +106,13 @@ def baseline_of(spec: Spec) -> str | dict[str, Any]:
     )
 
 
-def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
-    """Write every file of the report into ``out`` (see the module docstring)."""
+def write_report(spec: Spec, runs: SweepRuns, out: Path, importances: Importances | None = None) -> Report:
+    """Write every file of the report into ``out`` (see the module docstring). ``importances``
+    ranks an Optuna study's parameters (``tune.optuna_importance.param_importances``: the
+    caller hands it in, so the report needs no Optuna); without it no importance plot."""
     out.mkdir(parents=True, exist_ok=True)
     trials = runs.trials
-    finished = trials[trials.status == "FINISHED"] if not trials.empty else trials
+    finished = trials.loc[trials.status == "FINISHED"] if not trials.empty else trials
     resources = spec.resources.model_dump()
     metric = spec.objective.column
     summary = (
@@ -141,7 +146,7 @@ def write_report(spec: Spec, runs: SweepRuns, out: Path) -> Report:
         if not finished.empty
         else []
     )
-    figures = [f for f in _figures(spec, runs, finished, summary, bases, out) if f is not None]
+    figures = [f for f in _figures(spec, runs, finished, summary, bases, out, importances) if f is not None]
     files += method_files + figures
     page = _page(spec, runs, summary, comparison, bases, baseline, cost, method_files, figures)
     (out / "report.html").write_text(page)
@@ -167,6 +172,7 @@ def _figures(
     summary: pd.DataFrame,
     bases: list[str],
     out: Path,
+    importances: Importances | None = None,
 ) -> list[Path | None]:
     if finished.empty:
         return []
@@ -185,29 +191,31 @@ def _figures(
         plots.collapse_curves(finished, runs.collapse, out),
     ]
     if spec.search.optuna:
-        figures += _optuna_figures(spec, finished, out)
+        figures += _optuna_figures(spec, finished, out, importances)
     return figures
 
 
-def _optuna_figures(spec: Spec, finished: pd.DataFrame, out: Path) -> list[Path | None]:
+def _optuna_figures(
+    spec: Spec, finished: pd.DataFrame, out: Path, importances: Importances | None
+) -> list[Path | None]:
     """Parallel coordinates and importances of the Optuna study's trials (the grid and arm
     trials beside it have no ``search.*`` value for the space and are left out)."""
-    from raysuite.tune.optuna_importance import param_importances
-
-    space = spec.search.optuna.space
+    optuna = spec.search.optuna
+    assert optuna is not None, "called for an Optuna search only"
+    space = optuna.space
     columns = {f"param.search.{k}": k for k in space}
     if not set(columns) <= set(finished.columns):
         return []
     searched = finished.dropna(subset=[*columns, "objective"])
     if len(searched) < 2:
         return []
-    points = searched[list(columns)].map(decode).rename(columns=columns)
+    points = searched.loc[:, list(columns)].map(decode).rename(columns=columns)
     points["objective"] = searched.objective
     log_axes = [k for k, d in space.items() if isinstance(d, LogUniform)]
-    return [
-        plots.parallel_coordinates(points, log_axes, spec.objective.column, out),
-        plots.importance_bars(param_importances(points, space, spec.objective.mode), out),
-    ]
+    figures = [plots.parallel_coordinates(points, log_axes, spec.objective.column, out)]
+    if importances is not None:
+        figures.append(plots.importance_bars(importances(points, space, spec.objective.mode), out))
+    return figures
 
 
 def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.DataFrame, bases: list[str],
@@ -225,7 +233,8 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
         facts["cost"] = f"{cost['cost']:.2f} {spec.resources.currency}"
     if runs.skipped:
         facts["skipped"] = "; ".join(runs.skipped)
-    highlight = [i for i, cid in enumerate(summary.get("config_id", [])) if cid in bases]
+    ids = summary["config_id"] if "config_id" in summary.columns else []
+    highlight = [i for i, cid in enumerate(ids) if cid in bases]
     sections = [
         ("Configurations", f'<p class="note">{spec.objective.column}: mean, std (population, ddof = 0, as '
          "the seeds' tables print it) and the 95 % t-interval of the mean over repeats (Student's t on the "
@@ -256,7 +265,7 @@ def _page(spec: Spec, runs: SweepRuns, summary: pd.DataFrame, comparison: pd.Dat
 def _main_columns(summary: pd.DataFrame) -> pd.DataFrame:
     """The objective's columns; a clipped interval's ends carry :data:`CLIP_MARK`."""
     keep = ("config", *STATS, "pruned", "pruned_at", "min", "max", "gpu_hours", "cpu_hours", "cost")
-    table = summary[[c for c in keep if c in summary]]
+    table = summary.loc[:, [c for c in keep if c in summary]]
     if "ci95_clipped" in summary and summary["ci95_clipped"].fillna(False).astype(bool).any():
         table = table.astype({"ci95_low": object, "ci95_high": object})
         for i in summary.index[summary["ci95_clipped"].fillna(False).astype(bool)]:
@@ -374,10 +383,12 @@ def _title(path: Path) -> str:
     return re.sub(r"(\d)_(?=\d)", r"\1.", path.stem).replace("_", " ").capitalize()
 
 
-def report_sweep(client: Any, spec: Spec, parent_id: str, out: Path) -> Report:
+def report_sweep(
+    client: Any, spec: Spec, parent_id: str, out: Path, importances: Importances | None = None
+) -> Report:
     """Fetch the sweep, write its report into ``out`` and log every file and the cost
-    totals to its parent run."""
-    report = write_report(spec, fetch(client, spec, parent_id), out)
+    totals to its parent run (``importances``: :func:`write_report`)."""
+    report = write_report(spec, fetch(client, spec, parent_id), out, importances)
     for path in report.files:
         track.log_file(client, parent_id, path)
     status = report.trials.status if not report.trials.empty else pd.Series(dtype=str)

@@ -18,18 +18,18 @@ import json
 import math
 import random
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from raysuite.methods.nn.optim import set_lr
 from raysuite.train.meter import EpochMeter
+from raysuite.train.optim import set_lr
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"  # per-epoch metrics, read back on stage-cache hits
@@ -136,7 +136,7 @@ def loader_evaluation(
     """An :class:`Evaluation` over the items of ``loader.dataset``: ``predict(model, device,
     shard_loader)`` returns one record per item of the shard's loader, in its order."""
     return Evaluation(
-        range(len(loader.dataset)),
+        range(len(cast(Sized, loader.dataset))),  # a map-style dataset
         lambda model, device, idx: predict(model, device, subset_loader(loader, idx)),
         score,
     )
@@ -197,7 +197,8 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
     device = runtime.device
     raw_model = recipe.model.to(device)
     model = runtime.prepare_model(raw_model)
-    module = model.module if hasattr(model, "module") else model
+    # a wrapper (DDP) holds the model as .module
+    module = cast(nn.Module, model.module) if hasattr(model, "module") else model
     loader = runtime.prepare_loader(recipe.train_loader)
     optimizer = recipe.make_optimizer(module)
     use_amp = recipe.amp and device.type == "cuda"
@@ -205,7 +206,7 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"{recipe.stage}: no training batch per epoch ({len(loader.dataset)} samples, "
+            f"{recipe.stage}: no training batch per epoch ({len(cast(Sized, loader.dataset))} samples, "
             f"batch size {loader.batch_size} per worker, drop_last={loader.drop_last})"
         )
     total_steps = recipe.epochs * steps_per_epoch
@@ -221,15 +222,16 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
             start_epoch, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
             best_state = state.get("best_model")
             history = state.get("history", [])
-            for past in history if recipe.on_metrics is not None else []:
-                recipe.on_metrics(past)
+            if recipe.on_metrics is not None:
+                for past in history:
+                    recipe.on_metrics(past)
 
     metrics: dict[str, float] = {}
     prefix = recipe.stage
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:  # a DistributedSampler's shuffle follows the epoch
+            set_epoch(epoch)
         if recipe.epoch_start is not None:
             recipe.epoch_start(epoch)
         model.train()
@@ -257,10 +259,11 @@ def fit(recipe: Recipe, runtime: Runtime) -> dict[str, float]:
         metrics = runtime.all_mean(local)
         metrics.update({f"{prefix}/epoch": float(epoch), f"{prefix}/lr": optimizer.param_groups[0]["lr"]})
 
-        evaluate_now = recipe.evaluate is not None and (recipe.eval_epochs(epoch) or epoch == recipe.epochs)
+        evaluate = recipe.evaluate
+        evaluate_now = evaluate is not None and (recipe.eval_epochs(epoch) or epoch == recipe.epochs)
         stop = False
-        if evaluate_now:
-            val = run_evaluation(recipe.evaluate, module, device, runtime)
+        if evaluate is not None and evaluate_now:
+            val = run_evaluation(evaluate, module, device, runtime)
             metrics.update(val)
             if recipe.monitor:
                 value = val[recipe.monitor]

@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import ray
@@ -27,15 +27,16 @@ from raysuite import storage, weight_resolution
 from raysuite.data import privacy
 from raysuite.departures import departures_of
 from raysuite.methods import METHODS
-from raysuite.plan import POINT, decode, plan, point_indices
+from raysuite.plan import POINT, decode, grid_trials, plan, repeat_points, skipped_points
 from raysuite.spec import (
+    IntRange,
+    LogUniform,
     Spec,
     SpecError,
+    Uniform,
     config_id,
     config_label,
-    repeat_points,
     resolve_stage_configs,
-    skipped_points,
 )
 from raysuite.track import mlflow_runs as track
 from raysuite.tune import capacity, stage_cache
@@ -66,8 +67,7 @@ class SweepOutcome:
 
 
 def storage_root(spec: Spec) -> str:
-    root = spec.storage or os.environ.get("RAYSUITE_STORAGE") or str(Path.cwd() / "ray_results")
-    return root if "://" in root else str(Path(root).expanduser().resolve())
+    return storage.root_of(spec.storage)
 
 
 def init_ray(address: str | None) -> None:
@@ -117,12 +117,14 @@ def configuration_of(spec: Spec, config: dict[str, Any]) -> str:
 
 def _space(spec: Spec) -> dict[str, Any]:
     space = {}
-    for key, dist in spec.search.optuna.space.items():
-        if hasattr(dist, "uniform"):
+    optuna = spec.search.optuna
+    assert optuna is not None, "an Optuna search's space"
+    for key, dist in optuna.space.items():
+        if isinstance(dist, Uniform):
             space[key] = tune.uniform(*dist.uniform)
-        elif hasattr(dist, "loguniform"):
+        elif isinstance(dist, LogUniform):
             space[key] = tune.loguniform(*dist.loguniform)
-        elif hasattr(dist, "randint"):
+        elif isinstance(dist, IntRange):
             space[key] = tune.randint(dist.randint[0], dist.randint[1] + 1)  # spec bounds are inclusive
         else:
             space[key] = tune.choice(dist.choice)
@@ -161,7 +163,7 @@ def _searcher(spec: Spec, root: str, resolution: weight_resolution.Resolution) -
     stages it needs are stored or nobody is computing them (:mod:`raysuite.tune.sweep_search`)."""
     method = METHODS[spec.method]
     repeats = len(repeat_points(spec))
-    grid = point_indices(spec, resolution.reason) if "grid" in studies(spec) else []
+    grid = grid_trials(spec, resolution.reason) if "grid" in studies(spec) else []
     optuna = None
     if spec.search.optuna:
         import optuna as _optuna  # noqa: F401  (OptunaSearch needs it; the seeded sampler makes TPE reproducible)
@@ -178,7 +180,7 @@ def _searcher(spec: Spec, root: str, resolution: weight_resolution.Resolution) -
         configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
         p = plan(spec, overrides, repeat, resolution.for_trial(spec, configs))
         return [p.keys[name] for name, stage in method.stages.items()
-                if stage.cacheable and stage.job_on != "driver" and not stage.skip(p.configs[name])]  # fmt: skip
+                if stage.cacheable and stage.job_on != "driver" and not stage.skips(p.configs[name])]  # fmt: skip
 
     def stored(key: str) -> bool:
         return stage_cache.read_marker(root, key) is not None
@@ -273,7 +275,7 @@ def _run_studies(spec: Spec, client: Any, parent: str, uri: str, invocation: str
     if skipped:
         print("skipped configurations:\n  " + "\n  ".join(skipped), flush=True)
         track.log_text(client, parent, "skipped.txt", "\n".join(skipped) + "\n")
-    if studies(spec) == ["grid"] and not point_indices(spec, resolution.reason):
+    if studies(spec) == ["grid"] and not grid_trials(spec, resolution.reason):
         raise SpecError(None, "search", f"every configuration is skipped: {skipped[0]}")
     scope, actor = stage_cache.start_coordinator(root, invocation, spec.resources.stage_lease_s)
     trainable = tune.with_parameters(
@@ -297,7 +299,7 @@ def _run_studies(spec: Spec, client: Any, parent: str, uri: str, invocation: str
     if unfinished:  # Tune returns from fit on Ctrl-C, its state saved: end the parent FAILED, resumable
         raise KeyboardInterrupt(f"{unfinished} trials unfinished; continue with raysuite sweep SPEC --resume")
     track.close_children(client, parent)
-    stats = ray.get(actor.stats.remote(invocation))
+    stats = cast(dict[str, Any], ray.get(actor.stats.remote(invocation)))  # the actor's stats dict
     outcome = _finish(spec, client, parent, stats, exp_dir)
     outcome.failed = any(r.error is not None for r in grid)
     return outcome
@@ -311,10 +313,11 @@ def _finish(spec: Spec, client: Any, parent: str, stats: dict[str, Any], exp_dir
     metrics = {f"stage_cache/{s}_trainings": float(n) for s, n in stage_runs.items()}
     metrics.update({f"stage_cache/{s}_hits": float(n) for s, n in stats["hits"].items()})
     from raysuite.report.sweep_report import report_sweep  # not in every trial's driver process
+    from raysuite.tune.optuna_importance import param_importances
 
     with tempfile.TemporaryDirectory(prefix="raysuite-report-") as tmp:
         out = storage.local_path(exp_dir) or Path(tmp)
-        report = report_sweep(client, spec, parent, out)
+        report = report_sweep(client, spec, parent, out, param_importances)
         if out == Path(tmp):
             storage.upload_dir(out, exp_dir)
     track.log_metrics(client, parent, metrics, 0, 0)
@@ -330,7 +333,7 @@ def run_single(spec: Spec, address: str | None = None) -> str:
     method.prepare_data(spec.data.model_dump())
     init_ray(address)
     check_capacity(spec)
-    overrides, repeat = decode(spec, {POINT: point_indices(spec)[0]})
+    overrides, repeat = decode(spec, {POINT: grid_trials(spec)[0]})
     configs = resolve_stage_configs(spec, {**overrides, **repeat}, where="search")
     resolution = weight_resolution.resolve(spec, storage)
     reason = resolution.reason(spec, configs)

@@ -20,8 +20,16 @@ from raysuite import weight_resolution
 from raysuite.data.datasets import manifest_path
 from raysuite.departures import departures_of
 from raysuite.methods import METHODS
-from raysuite.plan import POINT, decode, plan, point_indices, stage_world_size
-from raysuite.spec import Spec, config_label, repeat_points, skipped_points
+from raysuite.plan import (
+    POINT,
+    decode,
+    grid_trials,
+    plan,
+    repeat_points,
+    skipped_points,
+    stage_world_size,
+)
+from raysuite.spec import Spec, config_label
 from raysuite.tune import stage_cache
 from raysuite.tune.sweep import storage_root, studies
 
@@ -57,13 +65,13 @@ def sweep_plan(spec: Spec, fetch: bool = False) -> dict[str, Any]:
             seconds += times * cost * stage_world_size(spec, name) * (gpus if gpus > 0 else 1)
 
     if "grid" in studies(spec):
-        for index in point_indices(spec, resolution.reason):
-            overrides, repeat = decode(spec, {POINT: index})
+        for point in grid_trials(spec, resolution.reason):
+            overrides, repeat = decode(spec, {POINT: point})
             p = plan(spec, overrides, repeat, hash_data=hashed)
             stages = {}
             for name, stage in method.stages.items():
                 key = p.keys[name]
-                if stage.skip(p.configs[name]):
+                if stage.skips(p.configs[name]):
                     computes: bool | str = "skipped by its config"
                 elif stage.cacheable:
                     computes = key not in seen and not (
@@ -101,7 +109,7 @@ def sweep_plan(spec: Spec, fetch: bool = False) -> dict[str, Any]:
         # stage computed (ASHA stops some early; trials may share cached stages)
         base = plan(spec, {}, repeats[0], hash_data=False)
         for name, stage in method.stages.items():
-            if not stage.skip(base.configs[name]):
+            if not stage.skips(base.configs[name]):
                 charge(name, base.configs[name], n)
     departures = departures_of(spec)
     unit = "GPU-hours" if gpus > 0 else "worker-hours"

@@ -13,7 +13,7 @@ Among startable candidates those that produce a stage go first: they are the lon
 (pretraining and fine-tuning), and starting them first is what lets their consumers start
 while the cluster still has work (longest first, the list-scheduling rule). The two
 studies take turns, so an Optuna study beside a grid starts at once and both share the
-cluster's slots. A grid trial's config is ``{POINT: i, STUDY: "grid"}``; an Optuna trial's
+cluster's slots. A grid trial's config is ``{POINT: point, STUDY: "grid"}`` (its serialised point); an Optuna trial's
 the suggestion with its repeat and ``STUDY: "optuna"``.
 """
 
@@ -46,7 +46,7 @@ class _Candidate:
 class _Books:
     """What :class:`SharedStageSearcher` saves for ``--resume`` (its sources aside)."""
 
-    grid: list[int]  # grid trial indices not yet drawn
+    grid: list[dict[str, Any]]  # grid trials' points (plan.grid_trials) not yet drawn
     pending: list[_Candidate] = field(default_factory=list)
     producer: dict[str, str] = field(default_factory=dict)  # stage key -> live trial computing it
     done: set[str] = field(default_factory=set)  # stage keys known stored
@@ -56,13 +56,13 @@ class _Books:
 
 
 class SharedStageSearcher(Searcher):
-    """``grid``: the grid study's trial indices (``plan.point_indices``), in order; ``optuna``:
+    """``grid``: the grid study's trials' serialised points (``plan.grid_trials``), in order; ``optuna``:
     the Optuna study (a :class:`~raysuite.tune.repeat_search.RepeatSearcher`) or None.
     ``shared_keys(config)``: the stage-cache keys of a trial's cacheable stages that run;
     ``stored(key)``: whether the cache holds the key (a marker exists). ``lookahead``: how many
     Optuna suggestions may wait here at once (a configuration's repeats)."""
 
-    def __init__(self, grid: list[int], optuna: Searcher | None, shared_keys: Callable[[dict[str, Any]], list[str]],
+    def __init__(self, grid: list[dict[str, Any]], optuna: Searcher | None, shared_keys: Callable[[dict[str, Any]], list[str]],
                  stored: Callable[[str], bool], metric: str, mode: str, lookahead: int = 1):  # fmt: skip
         super().__init__(metric=metric, mode=mode)
         self.optuna, self.shared_keys, self.stored, self.lookahead = optuna, shared_keys, stored, lookahead
@@ -93,15 +93,16 @@ class SharedStageSearcher(Searcher):
         return {**chosen.config, STUDY: chosen.study}
 
     def _draw(self, trial_id: str) -> None:
-        """Bring every grid trial into view (cheap: an index each) and, while fewer than
+        """Bring every grid trial into view (cheap: a small dict each) and, while fewer than
         ``lookahead`` Optuna suggestions wait here, ask the Optuna study for the next."""
         b = self.books
-        b.pending.extend(_Candidate("grid", {POINT: i}) for i in b.grid)
+        b.pending.extend(_Candidate("grid", {POINT: point}) for point in b.grid)
         b.grid = []
         asked = 0
         while not b.optuna_finished and sum(c.study == "optuna" for c in b.pending) < self.lookahead:
             inner_id = f"{trial_id}-o{asked}"
             asked += 1
+            assert self.optuna is not None  # optuna_finished starts True without a study
             config = self.optuna.suggest(inner_id)
             if config == Searcher.FINISHED:
                 b.optuna_finished = True
@@ -155,6 +156,7 @@ class SharedStageSearcher(Searcher):
                 del b.producer[key]  # stored or not: a marker check decides, a waiter may produce it
                 self._checked.pop(key, None)
         if chosen.study == "optuna" and self.optuna is not None:
+            assert chosen.inner_id is not None  # an Optuna candidate carries its id
             self.optuna.on_trial_complete(chosen.inner_id, result=result, error=error)
 
     # -- resume ---------------------------------------------------------------------------

@@ -159,7 +159,8 @@ def _died_with_node(actor_id: str | None) -> bool:
         print(f"[raysuite] could not read worker {actor_id}'s death cause ({type(err).__name__}); "
               "counting the failure as a real error", flush=True)  # fmt: skip
         return False
-    cause = (actor.death_cause or {}) if actor is not None else {}
+    # ray wraps ActorState in its own @dataclass decorator, which hides the fields from pyright
+    cause = (actor.death_cause or {}) if actor is not None else {}  # pyright: ignore[reportAttributeAccessIssue]
     return cause.get("actor_died_error_context", {}).get("reason") == "NODE_DIED"
 
 
@@ -184,7 +185,7 @@ def run_trial(
     try:
         for name, stage in method.stages.items():
             upstreams = {c: outputs[c] for c in stage.inputs if c in outputs}
-            if stage.skip(plan.configs[name]):
+            if stage.skips(plan.configs[name]):
                 print(f"[raysuite] {run_name}: stage {name} skipped by its config")
                 continue
             if stage.job_on == "driver":
@@ -197,6 +198,7 @@ def run_trial(
                 def compute(name: str = name, upstreams: dict[str, str] = upstreams) -> dict[str, Any]:
                     result = run_stage(spec, plan, name, plan.keys[name], join(storage, "stage_cache"), upstreams,
                                        callbacks(), _fail_marker(storage, run_name, name), train_retries)  # fmt: skip
+                    assert result.checkpoint is not None  # a trained stage reports one
                     return {"checkpoint": full_uri(storage, result.checkpoint.path), "stage": name, "history": _history(result),
                             **stage_cache.describe(spec, plan, name)}  # fmt: skip
 
