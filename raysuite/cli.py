@@ -1,4 +1,4 @@
-"""``raysuite`` command line (DESIGN.md): sweep, train, validate, data, report, cache.
+"""``raysuite`` command line (DESIGN.md): sweep, train, validate, plan, methods, new, data, report, cache.
 
 Exit codes: 0 success, 2 bad input or usage (the message names file and key), 1 runtime failure.
 """
@@ -16,6 +16,7 @@ from raysuite.data.manifest import ManifestError
 from raysuite.data.privacy import SaltError
 from raysuite.spec import SOURCE_FORMATS, Spec, SpecError, load_spec, smoke
 from raysuite.spec_checks import check_data_present, check_weight_files
+from raysuite.spec_errors import did_you_mean
 
 
 def _load(args: argparse.Namespace) -> Spec:
@@ -64,14 +65,48 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    """Each method with its paper, stages, headline metric and number of declared departures."""
+    """Without NAME: every method (built in, then the installed entry points) with its seed
+    or description, stages, data format, headline metric and metric keys. With NAME (a
+    method's name or an import path ``pkg.module:ATTR``): its card, each stage's fields
+    with type, default and meaning, its metric keys, baseline, post-hoc knobs, departures."""
+    from raysuite import method_card
     from raysuite.methods import METHODS
 
-    for name, method in METHODS.items():
-        paper = method.paper.cite() if method.paper else "(no paper declared)"
-        print(f"{name} (seed {method.seed.split('_', 1)[0]}): {paper}")
-        print(f"  stages: {' -> '.join(method.stages)}; headline metric {method.monitor}; "
-              f"{len(method.departures)} departures declared (raysuite plan SPEC lists them)")  # fmt: skip
+    if args.name is not None:
+        try:
+            method = METHODS[args.name]
+        except KeyError as err:
+            known = f"; known: {', '.join(METHODS)}{did_you_mean(args.name, METHODS)}" if str(err).startswith("unknown") else ""
+            print(f"error: {err}{known}", file=sys.stderr)
+            return 2
+        print(method_card.card(args.name, method))
+        return 0
+    broken = 0
+    for name in METHODS:
+        try:
+            print(method_card.summary(name, METHODS[name]) + "\n")
+        except KeyError as err:
+            print(f"{name}: cannot be listed: {err}\n")
+            broken += 1
+    if broken:
+        print(f"error: {broken} registered method(s) cannot be loaded (above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """``raysuite new method NAME [DIR]``: a method package of your own, ready to sweep."""
+    from raysuite.scaffold import ScaffoldError, new_method
+
+    try:
+        written = new_method(args.name, Path(args.dir))
+    except ScaffoldError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next, from {args.dir}: PYTHONPATH=. pytest -q; PYTHONPATH=. raysuite methods {args.name}; "
+          f"PYTHONPATH=. raysuite sweep sweeps/{args.name}.yaml --smoke")  # fmt: skip
     return 0
 
 
@@ -114,6 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raysuite.report.sweep_report import report_sweep
     from raysuite.spec import parse_spec
     from raysuite.track import mlflow_runs as track
+    from raysuite.tune.optuna_importance import param_importances
 
     given = load_spec(args.sweep) if Path(args.sweep).is_file() else None
     experiment = given.name if given is not None else args.sweep
@@ -127,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if spec is None:
         raise SpecError(args.sweep, "", f"run {parent} has no spec.yaml artifact: pass the spec file")
     out = Path(args.out or Path("reports") / experiment)
-    report = report_sweep(client, spec, parent, out)
+    report = report_sweep(client, spec, parent, out, param_importances)
     if not report.summary.empty:
         print(report.summary[["config", "n", "mean ± std"]].to_string(index=False))
     print(f"report of run {parent} ({experiment}): {out / 'report.html'}; also on the run's artifacts")
@@ -137,12 +173,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     """``raysuite cache ls [--storage S]``, ``raysuite cache rm KEY ... | --stale``: the stage
     cache under S (default: $RAYSUITE_STORAGE, else ./ray_results)."""
-    import os
-
+    from raysuite.storage import root_of
     from raysuite.tune import stage_cache
 
-    storage = args.storage or os.environ.get("RAYSUITE_STORAGE") or "ray_results"
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    storage = root_of(args.storage)
     found = stage_cache.entries(storage)
     if args.action == "ls":
         print(f"{'key':<24}  {'method':<18} {'stage':<11} {'size':>9}  {'created':<20}  state    sweep")
@@ -168,13 +202,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """``data synth`` writes a synthetic layout, ``data ingest`` a manifest and its error
     table (progress on stderr), ``data errors`` prints a manifest's error table as CSV."""
-    from raysuite.data import formats
+    from raysuite.data import synth
     from raysuite.data.datasets import SplitOptions, errors_path, run_ingest
 
     if args.action == "synth":
         if args.cases < 1:
             raise SpecError(None, "--cases", f"must be a positive number of cases; got {args.cases}")
-        counts = formats.get(args.format).synth(args.out, cases=args.cases, seed=args.seed)
+        counts = synth.get(args.format).synth(args.out, cases=args.cases, seed=args.seed)
         print(f"wrote {counts} to {args.out}")
         return 0
     if args.action == "errors":
@@ -203,7 +237,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="raysuite", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="raysuite", description=(__doc__ or "raysuite").splitlines()[0])  # None under -OO
     sub = ap.add_subparsers(dest="command", required=True)
     sw = sub.add_parser("sweep", help="run a sweep spec with Ray Tune")
     sw.add_argument("spec")
@@ -225,8 +259,16 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--fetch", action="store_true", help="download missing pretrained weights into the libraries' caches")
     pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep")
     pl.set_defaults(func=cmd_plan)
-    me = sub.add_parser("methods", help="the methods, with the paper each reproduces")
+    me = sub.add_parser("methods", help="the methods (built in and installed); one method's card with NAME")
+    me.add_argument("name", nargs="?", default=None, metavar="NAME",
+                    help="a method name or import path pkg.module:ATTR: its stages, fields, metric keys, baseline")
     me.set_defaults(func=cmd_methods)
+    nw = sub.add_parser("new", help="scaffold a method package of your own")
+    nsub = nw.add_subparsers(dest="what", required=True)
+    nm = nsub.add_parser("method", help="DIR/NAME/ (a Method), DIR/sweeps/NAME.yaml, DIR/tests/test_NAME.py")
+    nm.add_argument("name", metavar="NAME", help="the package and method name (a Python identifier)")
+    nm.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to write it (default: here)")
+    nm.set_defaults(func=cmd_new)
     va = sub.add_parser("validate", help="check sweeps/*.yaml, cluster.yaml, dashboards/*.json")
     va.add_argument("paths", nargs="*")
     va.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for sweep, on each sweep spec")
