@@ -1,5 +1,6 @@
 import os
 import tempfile
+from pathlib import Path
 
 # The libraries' weight caches point into a fresh folder before anything imports
 # huggingface_hub (it reads HF_HOME once): tests never read, nor download into, the
@@ -31,7 +32,6 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from raysuite.data.formats import flare22  # noqa: E402
 from raysuite.methods.nn import pretrained  # noqa: E402
 
 
@@ -93,69 +93,92 @@ def _salt():
 
 
 @pytest.fixture(scope="session")
-def flare_root(tmp_path_factory):
+def synth_ingested(tmp_path_factory):
+    """``synth_ingested(format, cases=N, seed=0, **synth_kwargs) -> Path``: the root of a
+    dataset written by ``raysuite.data.synth.<format>.synth`` and marked complete (what
+    ``ensure_manifest`` ingests, once per ``cache_dir``). Written once per session for each
+    distinct (format, cases, seed, keyword arguments): callers share the root, so they only
+    read it (a test that edits a dataset writes its own into ``tmp_path``)."""
+    import importlib
+
+    roots: dict[tuple, Path] = {}
+
+    def make(format: str, cases: int, seed: int = 0, **kwargs) -> Path:
+        key = (format, cases, seed, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in roots:
+            root = tmp_path_factory.mktemp(f"{format}-{cases}")
+            importlib.import_module(f"raysuite.data.synth.{format}").synth(root, cases=cases, seed=seed, **kwargs)
+            (root / ".raysuite-complete").write_text("synthetic\n")
+            roots[key] = root
+        return roots[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def flare_root(synth_ingested):
     """A small synthetic FLARE22 dataset shared by the tests (5 labelled + 5 unlabelled)."""
-    root = tmp_path_factory.mktemp("flare22")
-    flare22.synth(root, cases=5, seed=0)
-    (root / ".raysuite-complete").write_text("synthetic\n")
-    return root
+    return synth_ingested("flare22", cases=5)
 
 
 @pytest.fixture(scope="session")
-def vindr_root(tmp_path_factory):
+def vindr_root(synth_ingested):
     """A small synthetic VinDr-CXR dataset (48 radiographs of 128-160 px, ~60 % abnormal)."""
-    from raysuite.data.formats import vindr_cxr
-
-    root = tmp_path_factory.mktemp("vindr_cxr")
-    vindr_cxr.synth(root, cases=48, seed=0, size=(128, 160))
-    (root / ".raysuite-complete").write_text("synthetic\n")
-    return root
+    return synth_ingested("vindr_cxr", cases=48, size=(128, 160))
 
 
 @pytest.fixture(scope="session")
-def siim_root(tmp_path_factory):
+def siim_root(synth_ingested):
     """A small synthetic SIIM-ACR dataset (64 training radiographs of 128 px, a third with a
     pneumothorax, and 16 unlabelled test images)."""
-    from raysuite.data.formats import siim_acr
-
-    root = tmp_path_factory.mktemp("siim_acr")
-    siim_acr.synth(root, cases=64, seed=0, size=128)
-    (root / ".raysuite-complete").write_text("synthetic\n")
-    return root
+    return synth_ingested("siim_acr", cases=64, size=128)
 
 
 @pytest.fixture(scope="session")
-def cxr14_root(tmp_path_factory):
+def cxr14_root(synth_ingested):
     """A small synthetic ChestX-ray14 dataset (90 patients, 181 radiographs of 128 px, 37
     with boxes)."""
-    from raysuite.data.formats import chestxray14
-
-    root = tmp_path_factory.mktemp("chestxray14")
-    chestxray14.synth(root, cases=90, seed=0, size=128)
-    (root / ".raysuite-complete").write_text("synthetic\n")
-    return root
+    return synth_ingested("chestxray14", cases=90, size=128)
 
 
 @pytest.fixture(scope="session")
-def genesis_sources(tmp_path_factory, cxr14_root, flare_root):
+def genesis_sources(synth_ingested, cxr14_root, flare_root):
     """``data.sources`` for genesis_cls: ChestX-ray14 and FLARE22 (shared with the other
     tests), a folder of MRI phantoms, LUNA16 (40 scans) and MURA (40 patients)."""
-    from raysuite.data.formats import folder, luna16, mura
-
-    roots = {}
-    for name, module, kwargs in (("brain", folder, {"cases": 6, "size": 48, "slices": 8}),
-                                 ("luna", luna16, {"cases": 40}),
-                                 ("mura", mura, {"cases": 40, "min_size": 48, "max_size": 96})):  # fmt: skip
-        roots[name] = tmp_path_factory.mktemp(name)
-        module.synth(roots[name], seed=0, **kwargs)
-        (roots[name] / ".raysuite-complete").write_text("synthetic\n")
+    brain = synth_ingested("folder", cases=6, size=48, slices=8)
+    luna = synth_ingested("luna16", cases=40)
+    mura = synth_ingested("mura", cases=40, min_size=48, max_size=96)
     return {"sources": {
         "cxr14": {"format": "chestxray14", "root": str(cxr14_root)},
         "flare": {"format": "flare22", "root": str(flare_root)},
-        "brain": {"format": "folder", "root": str(roots["brain"]), "modality": "MR", "body_part": "BRAIN"},
-        "luna": {"format": "luna16", "root": str(roots["luna"])},
-        "mura": {"format": "mura", "root": str(roots["mura"])},
+        "brain": {"format": "folder", "root": str(brain), "modality": "MR", "body_part": "BRAIN"},
+        "luna": {"format": "luna16", "root": str(luna)},
+        "mura": {"format": "mura", "root": str(mura)},
     }}  # fmt: skip
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """``write_spec(text, name="spec.yaml", **fields) -> Path``: a sweep spec written to
+    ``tmp_path / name``. ``text`` is dedented; with ``fields`` it is a ``str.format``
+    template, and ``cache`` (``tmp_path / "cache"``) and ``storage`` (``tmp_path /
+    "storage"``) are filled unless given. A mapping is written as YAML."""
+    import textwrap
+
+    import yaml
+
+    def write(text, name: str = "spec.yaml", **fields) -> Path:
+        path = tmp_path / name
+        if not isinstance(text, str):
+            path.write_text(yaml.safe_dump(dict(text), sort_keys=False))
+            return path
+        text = textwrap.dedent(text)
+        if fields:
+            text = text.format(**{"cache": tmp_path / "cache", "storage": tmp_path / "storage", **fields})
+        path.write_text(text)
+        return path
+
+    return write
 
 
 @pytest.fixture
@@ -224,37 +247,69 @@ def s3_bucket(s3_server):
     return f"s3://{name}"
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1: ``backend_store_uri`` (e.g. ``sqlite:///...``),
+    artifacts proxied into ``artifacts``, its output appended to ``log``. :meth:`start` waits
+    (up to ``START_S``: minutes on a loaded 2-core machine, seconds otherwise) until it answers
+    ``/health``; :meth:`stop` ends its process group. The port stays the same across a
+    :meth:`stop` and a new :meth:`start` (a restart on the same store)."""
+
+    START_S = 600.0
+
+    def __init__(self, backend_store_uri: str, artifacts: Path, log: Path, port: int | None = None):
+        self.backend_store_uri, self.artifacts, self.log = backend_store_uri, Path(artifacts), Path(log)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "MlflowServer":
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", self.backend_store_uri,
+                 "--artifacts-destination", str(self.artifacts)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.log.parent, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.START_S
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=120)
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 @pytest.fixture
 def mlflow_server(tmp_path_factory, monkeypatch):
-    """A real ``mlflow server`` on 127.0.0.1 (sqlite store, artifacts proxied into a temporary
-    folder), as MLFLOW_TRACKING_URI: a sweep's driver then keeps nothing in its directory."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+    """A real ``mlflow server`` (:class:`MlflowServer`: sqlite store, artifacts proxied into a
+    temporary folder), as MLFLOW_TRACKING_URI: a sweep's driver then keeps nothing in its
+    directory."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--artifacts-destination", str(base / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("mlflow server did not start") from None
-            time.sleep(0.5)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    with MlflowServer(f"sqlite:///{base / 'mlflow.db'}", base / "artifacts", base / "server.log") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        yield server.uri
 
 
 @pytest.fixture()

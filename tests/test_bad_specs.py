@@ -155,17 +155,15 @@ def test_the_table_is_large_and_its_ids_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_spec_exits_2_naming_the_key(case, tmp_path, capsys, monkeypatch):
+def test_bad_spec_exits_2_naming_the_key(case, tmp_path, capsys, monkeypatch, write_spec):
     monkeypatch.delenv("RAYSUITE_TEST_UNSET", raising=False)
-    path = tmp_path / "spec.yaml"
-    path.write_text(case.spec())
+    path = write_spec(case.spec())
     assert main(["validate", str(path), *case.args]) == 2
     err = capsys.readouterr().err
     assert f"error: {path}: {case.key}" in err, err
     assert case.says in err, err
 
 
-def test_the_base_spec_is_good(tmp_path, capsys):
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(BASE))
+def test_the_base_spec_is_good(tmp_path, capsys, write_spec):
+    path = write_spec(BASE)
     assert main(["validate", str(path)]) == 0

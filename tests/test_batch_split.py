@@ -4,7 +4,6 @@ not split over ``workers_per_trial`` is refused before any trial."""
 
 import dataclasses
 import glob
-import textwrap
 
 import pytest
 import torch
@@ -45,16 +44,14 @@ resources: {workers_per_trial: 2}
 """
 
 
-def _spec(tmp_path, text=SPEC, **replace):
+def _spec(write_spec, text=SPEC, **replace):
     for old, new in replace.items():
         text = text.replace(old, new)
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
+    return write_spec(text)
 
 
-def test_even_batches_pass(tmp_path):
-    load_spec(_spec(tmp_path))
+def test_even_batches_pass(tmp_path, write_spec):
+    load_spec(_spec(write_spec))
 
 
 @pytest.mark.parametrize(
@@ -67,24 +64,24 @@ def test_even_batches_pass(tmp_path):
         ("{optuna: {n_trials: 2, space: {crf.batch_size: {randint: [16, 32]}}}}", "search.optuna.space.crf.batch_size"),
     ],
 )
-def test_uneven_batch_is_refused_naming_key_and_world_size(tmp_path, search, key):
+def test_uneven_batch_is_refused_naming_key_and_world_size(tmp_path, search, key, write_spec):
     crf = "crf: {epochs: 1, batch_size: 47}" if search == "{}" else "crf: {epochs: 1, batch_size: 48}"
-    path = _spec(tmp_path, **{"search: {}": f"search: {search}", "crf: {epochs: 1, batch_size: 48}": crf})
-    with pytest.raises(SpecError) as err:
+    path = _spec(write_spec, **{"search: {}": f"search: {search}", "crf: {epochs: 1, batch_size: 48}": crf})
+    with pytest.raises(SpecError, match="is the global batch and must split evenly over workers_per_trial=2 DDP workers") as err:
         load_spec(path)
     assert key in str(err.value) and "workers_per_trial=2" in str(err.value)
 
 
-def test_a_base_value_every_configuration_overrides_is_not_checked(tmp_path):
-    path = _spec(tmp_path, **{"batch_size: 48}\nsearch: {}": "batch_size: 47}\nsearch: {grid: {crf.batch_size: [24, 48]}}"})
+def test_a_base_value_every_configuration_overrides_is_not_checked(tmp_path, write_spec):
+    path = _spec(write_spec, **{"batch_size: 48}\nsearch: {}": "batch_size: 47}\nsearch: {grid: {crf.batch_size: [24, 48]}}"})
     load_spec(path)
 
 
-def test_one_worker_takes_any_batch(tmp_path):
-    load_spec(_spec(tmp_path, **{"workers_per_trial: 2": "workers_per_trial: 1", "batch_size: 48}\nsearch": "batch_size: 47}\nsearch"}))
+def test_one_worker_takes_any_batch(tmp_path, write_spec):
+    load_spec(_spec(write_spec, **{"workers_per_trial: 2": "workers_per_trial: 1", "batch_size: 48}\nsearch": "batch_size: 47}\nsearch"}))
 
 
-def test_job_stages_run_in_one_worker_and_are_not_checked(tmp_path):
+def test_job_stages_run_in_one_worker_and_are_not_checked(tmp_path, write_spec):
     text = """
     name: t
     method: one_case_cascade
@@ -93,7 +90,7 @@ def test_job_stages_run_in_one_worker_and_are_not_checked(tmp_path):
     objective: {metric: val/dice_per_image, scope: last}
     resources: {workers_per_trial: 2}
     """
-    load_spec(_spec(tmp_path, text))
+    load_spec(_spec(write_spec, text))
 
 
 def test_training_stages_with_a_batch_are_the_checked_ones():

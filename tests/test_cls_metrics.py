@@ -33,7 +33,7 @@ def test_roc_auc_all_equal_and_one_class():
 
 
 def test_roc_auc_rejects_length_mismatch():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         roc_auc(np.array([0.1, 0.2, 0.3]), np.array([0, 1]))
 
 

@@ -172,11 +172,11 @@ def test_torch_inputs_and_validation():
     box = torch.tensor([[0.0, 0.0, 10.0, 10.0]], requires_grad=True)
     ev.add(box, torch.tensor([0.9]), torch.tensor([1]), box.detach(), torch.tensor([1]))
     assert ev.compute()["map40"] == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"pred_labels outside \[0, 2\): \[2\]"):
         ev.add(box, [0.9], [2], E, N)  # label outside [0, 2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="prediction lengths differ: 1, 2, 1"):
         ev.add(box, [0.9, 0.1], [0], E, N)  # length mismatch
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"IoU thresholds give duplicate keys: \(0\.5, 0\.501\)"):
         DetectionEvaluator(2, iou_thresholds=(0.5, 0.501))  # both keys "50"
 
 

@@ -2,7 +2,6 @@
 temporary MLflow sqlite store, a worker failure retried from its checkpoint into the same
 run, and --resume of an interrupted sweep. Few and small: each TorchTrainer costs ~20 s."""
 
-import textwrap
 
 import pytest
 
@@ -29,22 +28,19 @@ faults: {{stage: finetune, fail_once_at_epoch: 1, only_seed: 1}}
 """
 
 
-def _spec(tmp_path, flare_root, **kw):
-    path = tmp_path / "spec.yaml"
-    text = SPEC.format(root=flare_root, cache=tmp_path / "cache", storage=tmp_path / "storage", **kw)
-    path.write_text(textwrap.dedent(text))
-    return load_spec(path)
+def _spec(write_spec, flare_root, **kw):
+    return load_spec(write_spec(SPEC, root=flare_root, **kw))
 
 
 def _epochs(client, run_id):
     return [step for step, _ in track.metric_history(client, run_id, "finetune/epoch")]
 
 
-def test_smoke_sweep_two_ddp_workers(ray_session, mlflow_uri, tmp_path, flare_root):
+def test_smoke_sweep_two_ddp_workers(ray_session, mlflow_uri, tmp_path, flare_root, write_spec):
     from raysuite.tune.sweep import run_sweep
 
     # one interval x 2 fine-tuning seeds: the no-pretraining arm runs in the resume test
-    spec = _spec(tmp_path, flare_root, name="e2e", grid="[[0.3, 0.6]]", workers=2, failures=1)
+    spec = _spec(write_spec, flare_root, name="e2e", grid="[[0.3, 0.6]]", workers=2, failures=1)
     outcome = run_sweep(spec)
     assert not outcome.failed
     assert outcome.stage_runs == {"pretrain": 1}  # two fine-tunings shared one pretraining
@@ -65,10 +61,10 @@ def test_smoke_sweep_two_ddp_workers(ray_session, mlflow_uri, tmp_path, flare_ro
     assert {"summary.csv", "spec.yaml", "training_curves.png"} <= artifacts
 
 
-def test_resume_interrupted_sweep(ray_session, mlflow_uri, tmp_path, flare_root):
+def test_resume_interrupted_sweep(ray_session, mlflow_uri, tmp_path, flare_root, write_spec):
     from raysuite.tune.sweep import run_sweep
 
-    spec = _spec(tmp_path, flare_root, name="e2e-resume", grid="[null]", workers=1, failures=0)
+    spec = _spec(write_spec, flare_root, name="e2e-resume", grid="[null]", workers=1, failures=0)
     first = run_sweep(spec)
     assert first.failed  # seed 1 died with no retries left: the sweep is interrupted
     client = track.client(mlflow_uri)

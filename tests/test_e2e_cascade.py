@@ -3,7 +3,6 @@ the same sweep with only the post-hoc settings changed, which must train nothing
 model and the saved predictions come from the stage cache)."""
 
 import io
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +40,7 @@ def _artifact(client, run_id, name):
 
 
 def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(
-    ray_session, tmp_path, siim_root, monkeypatch, pretrained_cache
+    ray_session, tmp_path, siim_root, monkeypatch, pretrained_cache, write_spec
 ):
     from raysuite.tune.sweep import DEPARTURES, run_sweep
 
@@ -51,9 +50,8 @@ def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    spec_path = tmp_path / "spec.yaml"
-    text = textwrap.dedent(SPEC.format(root=siim_root, cache=tmp_path / "cache", storage=tmp_path / "storage"))
-    spec_path.write_text(text)
+    spec_path = write_spec(SPEC, root=siim_root)
+    text = spec_path.read_text()
     first = run_sweep(load_spec(spec_path))
     assert not first.failed
     assert first.stage_runs == {"classifier": 1, "segmenter": 2, "predict": 2}

@@ -2,7 +2,6 @@
 whole configurations, Optuna beside the grid arms), and a diverged trial that fails once,
 without retries."""
 
-import textwrap
 
 import pytest
 
@@ -62,11 +61,10 @@ faults: {{stage: finetune, diverge_at_epoch: 2}}
 """
 
 
-def test_a_diverged_trial_fails_once_without_retries(ray_session, mlflow_uri, tmp_path, flare_root):
+def test_a_diverged_trial_fails_once_without_retries(ray_session, mlflow_uri, tmp_path, flare_root, write_spec):
     from raysuite.tune.sweep import run_sweep
 
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(SPEC.format(root=flare_root, cache=tmp_path / "cache", storage=tmp_path / "s")))
+    path = write_spec(SPEC, root=flare_root, storage=tmp_path / "s")
     outcome = run_sweep(load_spec(path))
     client = track.client(mlflow_uri)
     (run,) = track.children(client, outcome.parent_run_id)

@@ -370,5 +370,5 @@ def test_validation_min_above_max():
 
 def test_frozen():
     t = GenesisTransforms()
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="cannot assign to field 'flip_rate'"):
         t.flip_rate = 0.1  # type: ignore[misc]

@@ -70,7 +70,7 @@ def test_leaking_patient_is_refused(tmp_path):
     df.loc[rows[1], "split"] = "test"
     with pytest.raises(manifest.ManifestError, match=f"{multi} in \\['test', 'train'\\]"):
         manifest.check_patient_splits(df)
-    with pytest.raises(manifest.ManifestError):
+    with pytest.raises(manifest.ManifestError, match=r"1 patient\(s\) appear in more than one split"):
         manifest.write(df, tmp_path / "m.parquet", "vindr_cxr", tmp_path)
     assert not (tmp_path / "m.parquet").exists()
 

@@ -7,7 +7,6 @@ trial's stage trains on it, then a node is added back. ``max_failures: 0``: a no
 counted as a real error would fail the trial, so the sweep ends FINISHED only if the lost
 stage resumed outside that budget."""
 
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -121,7 +120,7 @@ def test_node_losses_do_not_use_up_the_retries(death_causes):
 def test_node_losses_are_bounded(death_causes):
     lost = _group_error(_dead_worker(preempted=True))
     trainer = _Trainer([lost] * (trial.NODE_LOSSES + 1))
-    with pytest.raises(WorkerGroupError):
+    with pytest.raises(WorkerGroupError, match="A worker health check failed"):
         trial._fit(trainer, "stage", train_retries=0)
     assert trainer.fits == trial.NODE_LOSSES + 1
     # one node loss more than the bound costs a retry, as a real error does
@@ -175,12 +174,11 @@ def _remove_a_training_node(cluster: Cluster, storage: Path, sweep: threading.Th
 
 
 @pytest.mark.e2e
-def test_sweep_survives_a_lost_worker_node(cluster, mlflow_uri, tmp_path, flare_root):
+def test_sweep_survives_a_lost_worker_node(cluster, mlflow_uri, tmp_path, flare_root, write_spec):
     from raysuite.tune.sweep import run_sweep
 
     storage = tmp_path / "storage"
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(SPEC.format(root=flare_root, cache=tmp_path / "cache", storage=storage, epochs=EPOCHS)))
+    path = write_spec(SPEC, root=flare_root, storage=storage, epochs=EPOCHS)
     spec = load_spec(path)
     done: dict[str, Any] = {}
     sweep = threading.Thread(target=lambda: done.update(outcome=run_sweep(spec, address=cluster.address)))

@@ -112,17 +112,17 @@ def test_methods_lists_each_paper(capsys):
         assert name in text and method.paper.title in text
 
 
-def test_a_stage_the_storage_holds_is_reused(capsys, tmp_path, flare_root):
+def test_a_stage_the_storage_holds_is_reused(capsys, tmp_path, flare_root, write_spec):
     from raysuite.data.datasets import ensure_manifest
     from raysuite.tune import stage_cache
 
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"name: p\nmethod: iou_simsiam_seg\ntiny: true\n"
-        f"data: {{format: flare22, root: {flare_root}, cache_dir: {tmp_path / 'cache'}}}\n"
-        "stages: {finetune: {labelled_cases: 3, val_cases: 2}}\n"
-        "search: {grid: {pretrain.iou_interval: [[0.3, 0.6], [0, 1]]}}\nobjective: {metric: val/dice, mode: max}\n"
-    )
+    spec = write_spec({
+        "name": "p", "method": "iou_simsiam_seg", "tiny": True,
+        "data": {"format": "flare22", "root": str(flare_root), "cache_dir": str(tmp_path / "cache")},
+        "stages": {"finetune": {"labelled_cases": 3, "val_cases": 2}},
+        "search": {"grid": {"pretrain.iou_interval": [[0.3, 0.6], [0, 1]]}},
+        "objective": {"metric": "val/dice", "mode": "max"},
+    })  # fmt: skip
     ensure_manifest(load_spec(spec).data.model_dump())
     first = _plan(capsys, str(spec), "--json")
     assert first["keys"] == "final"

@@ -8,17 +8,14 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import MlflowServer
 from mlflow import MlflowClient
 
 from raysuite.cli import main
@@ -173,7 +170,9 @@ def test_optuna_sweep_gets_importance_and_parallel_coordinates(store, tmp_path):
         for i, d in enumerate(drawn)
     ]
     parent = plant(store, spec, arms, searched=drawn)
-    report = report_sweep(MlflowClient(store), parse_spec(spec), parent, tmp_path / "r")
+    from raysuite.tune.optuna_importance import param_importances
+
+    report = report_sweep(MlflowClient(store), parse_spec(spec), parent, tmp_path / "r", param_importances)
     assert {"optuna_importance.png", "optuna_parallel_coordinates.png"} <= {
         p.name for p in report.files
     }
@@ -186,12 +185,6 @@ def test_optuna_sweep_gets_importance_and_parallel_coordinates(store, tmp_path):
     assert importances["finetune.lr"] > 1.5 * importances["finetune.weight_decay"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(
         url, json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -202,24 +195,8 @@ def _post(url: str, body: dict) -> dict:
 
 def test_mlflow_server_serves_the_sweep_over_rest(store, tmp_path):
     parent = plant(store, SPEC)
-    port = _free_port()
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-    server = subprocess.Popen(
-        [mlflow_bin, "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health within 60 s")
+    with MlflowServer(store, tmp_path / "artifacts", tmp_path / "server.log") as server:
+        base = server.uri
         with urllib.request.urlopen(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=planted"
         ) as r:
@@ -232,9 +209,6 @@ def test_mlflow_server_serves_the_sweep_over_rest(store, tmp_path):
         assert len(kids) == 6 and {r["info"]["status"] for r in kids} == {"FINISHED"}
         dice = {m["key"]: m["value"] for m in kids[0]["data"]["metrics"]}
         assert 0.7 < dice["val/dice"] < 0.9
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _browser() -> str | None:

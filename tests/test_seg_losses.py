@@ -60,7 +60,7 @@ def test_soft_f1_by_hand_averages_both_classes_and_shapes():
     # two logits (a softmax head): softmax((0, z)) is (1 - sigmoid(z), sigmoid(z))
     two = torch.stack([torch.zeros_like(logits), logits], 1)
     assert soft_f1_loss(two, labels).item() == pytest.approx(expected, abs=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"logits \(4,\) do not match target \(3,\)"):
         soft_f1_loss(logits, labels[:3])
 
 
@@ -179,9 +179,9 @@ def test_weighted_seg_loss_rejects_bad_config():
 
 def test_rejects_wrong_shapes():
     logits, target = _case()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected logits \(B, 2, H, W\) and target \(B, H, W\), got \(2, 1, 1, 2\)"):
         dice_loss(logits[:, :1], target)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"got \(2, 2, 1, 2\) and \(2, 2\)"):
         dice_loss(logits, target[:, 0])
 
 

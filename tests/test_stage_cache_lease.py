@@ -1,12 +1,17 @@
 """Stage-cache leases: one trial computes a key while the others wait; a producer that dies
 lets its lease expire and one waiter takes over; a live producer keeps its lease; markers
-are written atomically (local files and a real S3 API) and a torn one is computed again."""
+are written atomically (local files and a real S3 API) and a torn one is computed again.
+
+The lease rules themselves (expiry, renewal, release, a lost lease) are first held without
+Ray or real time: the coordinator's class on a clock the test moves, and ``get_or_compute``
+against it in this process."""
 
 import json
 import logging
 import os
 import threading
 import time
+import types
 from concurrent.futures import Future
 
 import pytest
@@ -36,6 +41,148 @@ class Compute:
         if self.fail:
             raise RuntimeError(f"{self.name} failed")
         return {"checkpoint": f"/ckpt/{self.name}", "stage": STAGE, "history": [{"epoch": 1}]}
+
+
+class FakeClock:
+    """``stage_cache``'s ``time``: ``monotonic`` reads a clock that only ``advance`` (or a
+    waiter's ``sleep``) moves; ``on_sleep`` runs at each sleep, as other trials would."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+        self.sleeps: list[float] = []
+        self.on_sleep: list = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        if self.on_sleep:
+            self.on_sleep.pop(0)()
+
+
+@pytest.fixture()
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(
+        stage_cache, "time", types.SimpleNamespace(monotonic=fake.monotonic, sleep=fake.sleep, strftime=time.strftime, gmtime=time.gmtime)
+    )  # fmt: skip
+    return fake
+
+
+@pytest.fixture()
+def coordinator(clock):
+    """The coordinator's own class (not an actor), on the fake clock."""
+    return stage_cache.StageCacheCoordinator.__ray_actor_class__()
+
+
+def test_an_expired_lease_passes_to_exactly_one_claimant(coordinator, clock):
+    c = coordinator
+    assert c.claim(KEY, "dead", 10.0)
+    clock.advance(10.0)  # exactly the lease: still held
+    assert not c.claim(KEY, "w1", 10.0)
+    clock.advance(0.5)
+    assert [c.claim(KEY, owner, 10.0) for owner in ("w1", "w2", "w3")] == [True, False, False]
+    assert not c.renew(KEY, "dead") and not c.finish(KEY, STAGE, True, "dead", "inv")  # it holds nothing
+    assert c.stats("inv") == {"computed": {}, "hits": {}}
+    assert not c.claim(KEY, "w2", 10.0)  # the dead owner's finish released nobody's lease
+    assert c.leases[KEY].owner == "w1"
+
+
+def test_renewals_keep_a_lease_past_its_length(coordinator, clock):
+    c = coordinator
+    assert c.claim(KEY, "a", 10.0)
+    for _ in range(3):  # 24 s since the claim, never 10 s without a renewal
+        clock.advance(8.0)
+        assert c.renew(KEY, "a") and not c.claim(KEY, "b", 10.0)
+    clock.advance(10.5)
+    assert c.claim(KEY, "b", 10.0) and not c.renew(KEY, "a")
+    assert c.claim(KEY, "b", 10.0)  # a holder claiming again (a retried trial) keeps it
+
+
+def test_finish_releases_at_once_and_counts_only_a_success(coordinator):
+    c = coordinator
+    assert c.claim(KEY, "a", 10.0) and c.finish(KEY, STAGE, False, "a", "inv")
+    assert c.claim(KEY, "b", 10.0)  # no lease to wait out after a failure
+    assert c.finish(KEY, STAGE, True, "b", "inv") and KEY not in c.leases
+    assert not c.finish(KEY, STAGE, True, "b", "inv")  # released: a second finish counts nothing
+    c.hit(STAGE, "inv")
+    assert c.stats("inv") == {"computed": {STAGE: [KEY]}, "hits": {STAGE: 1}}
+    assert c.stats("other") == {"computed": {}, "hits": {}}
+
+
+class _InProcess:
+    """The coordinator as ``ray.get_actor`` would hand it over: ``actor.claim.remote(...)``
+    calls the instance's method now; ``ray.get`` returns the value."""
+
+    def __init__(self, instance) -> None:
+        self.instance = instance
+
+    def __getattr__(self, name: str):
+        return types.SimpleNamespace(remote=getattr(self.instance, name))
+
+
+@pytest.fixture()
+def local_cache(coordinator, monkeypatch, tmp_path):
+    """(storage, scope, coordinator): ``get_or_compute`` against the in-process coordinator."""
+    actor = _InProcess(coordinator)
+    fake_ray = types.SimpleNamespace(get_actor=lambda name, namespace=None: actor, get=lambda ref, timeout=None: ref)
+    monkeypatch.setattr(stage_cache, "ray", fake_ray)
+    return str(tmp_path / "storage"), stage_cache.Scope("actor", "inv", lease_s=10.0), coordinator
+
+
+@pytest.mark.parametrize("taker_fails", [False, True])
+def test_a_lost_lease_publishes_nothing_while_another_holds_it(local_cache, clock, taker_fails):
+    """"slow" computes, its lease expires and "taker" claims the key before slow's compute
+    returns. Slow writes no marker: it waits (polling) while taker holds the lease; taker
+    publishes (slow returns taker's marker, computed=False) or fails and releases (slow
+    claims again and publishes its own)."""
+    storage, scope, c = local_cache
+    writes = []  # the markers get_or_compute wrote
+    real_write = stage_cache.write_marker
+
+    def recording_write(st, key, content):
+        writes.append(content["checkpoint"])
+        real_write(st, key, content)
+
+    def slow_compute():
+        clock.advance(10.5)  # no heartbeat reached the coordinator for a lease
+        assert c.claim(KEY, "taker", 10.0)
+        return {"checkpoint": "/ckpt/slow", "stage": STAGE}
+
+    def taker_ends():
+        assert stage_cache.read_marker(storage, KEY) is None  # slow has written nothing
+        if taker_fails:
+            assert c.finish(KEY, STAGE, False, "taker", "inv")
+        else:
+            real_write(storage, KEY, {"checkpoint": "/ckpt/taker", "stage": STAGE})
+            assert c.finish(KEY, STAGE, True, "taker", "inv")
+
+    clock.on_sleep.append(taker_ends)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage_cache, "write_marker", recording_write)
+        marker, computed = stage_cache.get_or_compute(storage, KEY, STAGE, "slow", slow_compute, scope, poll_s=0.25)
+    assert clock.sleeps == [0.25]  # one poll while the taker held the lease
+    owner = "slow" if taker_fails else "taker"
+    assert (marker["checkpoint"], computed) == (f"/ckpt/{owner}", taker_fails)
+    assert stage_cache.read_marker(storage, KEY) == marker
+    assert writes == (["/ckpt/slow"] if taker_fails else [])  # slow wrote only once it held the lease
+    assert KEY not in c.leases  # released on finish, whoever finished
+    assert c.stats("inv") == {"computed": {STAGE: [KEY]}, "hits": {} if taker_fails else {STAGE: 1}}
+
+
+def test_waiters_poll_until_the_marker_and_count_a_hit(local_cache, clock):
+    storage, scope, c = local_cache
+    assert c.claim(KEY, "producer", 10.0)
+    publish = lambda: stage_cache.write_marker(storage, KEY, {"checkpoint": "/ckpt/p"})  # noqa: E731
+    clock.on_sleep += [lambda: None, publish]  # the producer publishes during the second poll
+    marker, computed = stage_cache.get_or_compute(storage, KEY, STAGE, "waiter", lambda: {}, scope, poll_s=1.0)
+    assert (marker, computed, clock.sleeps) == ({"checkpoint": "/ckpt/p"}, False, [1.0, 1.0])
+    assert c.stats("inv")["hits"] == {STAGE: 1} and c.leases[KEY].owner == "producer"
 
 
 @pytest.fixture()
@@ -84,17 +231,14 @@ def test_two_claimants_compute_a_key_once(cache):
 
 def test_a_dead_owners_lease_expires_and_one_waiter_takes_over(cache):
     storage, scope, actor = cache
-    start = time.monotonic()
     assert ray.get(actor.claim.remote(KEY, "dead", LEASE_S))  # and never a heartbeat
     assert not ray.get(actor.claim.remote(KEY, "early", LEASE_S))  # not expired yet
     compute = Compute("taker", seconds=0.5)
     waiters = [_start(_get, storage, scope, owner, compute) for owner in ["w1", "w2", "w3"]]
     results = [f.result(WAIT_S) for f in waiters]
-    took = time.monotonic() - start
     assert compute.calls == 1
     assert sorted(computed for _, computed in results) == [False, False, True]
     assert all(marker["checkpoint"] == "/ckpt/taker" for marker, _ in results)
-    assert LEASE_S <= took < LEASE_S + 10  # bounded: the lease, a poll, and a slow machine's margin
     assert ray.get(actor.stats.remote("inv1")) == {"computed": {STAGE: [KEY]}, "hits": {STAGE: 2}}
     # the dead owner, were it to finish after all, holds nothing and counts nothing
     assert not ray.get(actor.finish.remote(KEY, STAGE, True, "dead", "inv1"))
@@ -223,7 +367,7 @@ def test_local_marker_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError("the disk went away")
 
     monkeypatch.setattr(storage_mod.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="the disk went away"):
         stage_cache.write_marker(storage, KEY, {"checkpoint": "/ckpt/never"})
     assert stage_cache.read_marker(storage, KEY)["checkpoint"] == "/ckpt/29"
     assert os.listdir(os.path.dirname(path)) == [stage_cache.MARKER]

@@ -1,7 +1,7 @@
 """raysuite's own metrics: the epoch loop's measurements and their export through
 ``ray.util.metrics`` (names and tags held to the table in ``raysuite.train.telemetry``)."""
 
-import time
+import types
 import warnings
 
 import pytest
@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import raysuite.methods  # noqa: F401  (first: importing raysuite.train.loop first is an import cycle)
+from raysuite.train import meter
 from raysuite.train import telemetry as names
 from raysuite.train.loop import Recipe, fit, seed_everything
 from raysuite.train.meter import batch_len
@@ -18,31 +19,55 @@ from raysuite.train.runtime import LocalRuntime
 from raysuite.tune import telemetry
 
 SAMPLES, BATCH = 16, 4
+# binary fractions, so every sum of clock ticks below is exact
+READ_S = 2.0**-6  # the slow dataset's time per item read (4 per batch)
+STEP_S = 2.0**-8  # every step's compute
+
+
+class Clock:
+    """The meter's ``time.perf_counter``: it moves only when a test's dataset or step says,
+    so the measurements are exact sums of those ticks, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(meter, "time", types.SimpleNamespace(perf_counter=fake.perf_counter))
+    return fake
 
 
 class Points(Dataset):
-    """``SAMPLES`` (x, y) pairs of a linear map; ``delay_s`` of sleep per item read."""
+    """``SAMPLES`` (x, y) pairs of a linear map; each item read advances ``clock`` by
+    ``read_s`` (a slow disk)."""
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, clock: Clock, read_s: float = 0.0):
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(SAMPLES, 3, generator=g)
         self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5]])
-        self.delay_s = delay_s
+        self.clock, self.read_s = clock, read_s
 
     def __len__(self) -> int:
         return SAMPLES
 
     def __getitem__(self, i: int):
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        self.clock.advance(self.read_s)
         return self.x[i], self.y[i]
 
 
-def _fit(dataset: Dataset, epochs: int = 3) -> list[dict[str, float]]:
+def _fit(dataset: Points, epochs: int = 3) -> list[dict[str, float]]:
     seed_everything(0)
 
     def step(net, batch, device):
-        time.sleep(0.005)  # a floor under each step's compute, the same for every loader
+        dataset.clock.advance(STEP_S)  # every step's compute, the same for every loader
         x, y = batch
         return {"loss": F.mse_loss(net(x.to(device)), y.to(device))}
 
@@ -56,27 +81,38 @@ def _fit(dataset: Dataset, epochs: int = 3) -> list[dict[str, float]]:
     return runtime.reports
 
 
-def test_epoch_reports_time_throughput_and_data_wait():
-    reports = _fit(Points())
+def test_epoch_reports_time_throughput_and_data_wait(clock):
+    """An in-memory dataset: the epoch is its 4 steps' compute (4 * STEP_S = 1/64 s), no
+    data wait; 16 samples over 1/64 s is 1024 samples/s."""
+    reports = _fit(Points(clock))
     assert len(reports) == 3
     for r in reports:
-        assert {"train/epoch_time_s", "train/samples_per_s", "train/data_wait_fraction"} <= set(r)
         assert "train/gpu_mem_gb" not in r  # CUDA only
-        assert 0.0 <= r["train/data_wait_fraction"] <= 1.0
-        # 16 samples, one rank: the rate is the samples over the reported epoch time
-        assert r["train/samples_per_s"] == pytest.approx(
-            SAMPLES / r["train/epoch_time_s"], rel=1e-9
-        )
+        assert r["train/epoch_time_s"] == 4 * STEP_S == 2.0**-6
+        assert r["train/data_wait_fraction"] == 0.0
+        assert r["train/samples_per_s"] == SAMPLES / (4 * STEP_S) == 1024.0
 
 
-def test_slow_dataset_waits_longer_than_fast_one():
-    """20 ms per item read (80 ms per batch) against in-memory tensors, with a 5 ms step:
-    the slow loader's wait share is far above the fast one's (mean over three epochs)."""
+def test_a_slow_dataset_counts_as_data_wait(clock):
+    """Reads of 1/64 s per item (4 per batch, 16 per epoch: 1/4 s of waiting) beside
+    1/64 s of compute: the epoch takes 1/4 + 1/64 = 17/64 s, of which 16/17 is data wait,
+    and 16 samples over 17/64 s is 1024/17 samples/s. The share is read off the meter's
+    clock, so the same numbers come on a loaded machine and an idle one."""
+    reports = _fit(Points(clock, read_s=READ_S))
+    assert len(reports) == 3
+    for r in reports:
+        assert r["train/epoch_time_s"] == pytest.approx(17 / 64, rel=1e-12)
+        assert r["train/data_wait_fraction"] == pytest.approx(16 / 17, rel=1e-12)
+        assert r["train/samples_per_s"] == pytest.approx(1024 / 17, rel=1e-12)
 
-    def mean_wait(dataset):
-        return sum(r["train/data_wait_fraction"] for r in _fit(dataset)) / 3
 
-    assert mean_wait(Points(delay_s=0.02)) > mean_wait(Points())
+def test_samples_per_second_counts_every_rank(clock):
+    """The meter itself: 8 samples in 1/2 s on one rank of 4 is 64 samples/s for the trial."""
+    m = meter.EpochMeter(torch.device("cpu"))
+    for _ in m.batches([torch.zeros(4, 3), torch.zeros(4, 3)]):
+        clock.advance(0.25)
+    out = m.stop(world_size=4)
+    assert out == {"epoch_time_s": 0.5, "samples_per_s": 64.0, "data_wait_fraction": 0.0}
 
 
 @pytest.mark.parametrize(

@@ -5,21 +5,16 @@ an outage kept back is logged later and once, and runs are ended whatever fails.
 The callbacks' hooks are called directly with fake trials (no Ray); the last test stops and
 restarts a real ``mlflow server``."""
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import pytest
 import requests
+from conftest import MlflowServer, free_port
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-from raysuite.plan import POINT
+from raysuite.plan import POINT, grid_trials
 from raysuite.spec import parse_spec
 from raysuite.track import mlflow_runs as track
 from raysuite.track import retry
@@ -186,11 +181,11 @@ def test_mlflows_own_http_retries_are_not_multiplied(waits):
         now[0] += 10.0  # urllib3 retrying inside MLflow's REST client
         _refused()
 
-    with pytest.raises(MlflowException):
+    with pytest.raises(MlflowException, match="Connection refused"):
         retry.retried(slow_failure)
     assert len(attempts) == 2  # 10 s, a 0.5 s wait, 10 s: a third would start after BUDGET_S
     assert retry._down_until - now[0] == pytest.approx(retry.OUTAGE_FACTOR * 20.5)
-    with pytest.raises(retry.TrackingDown):
+    with pytest.raises(retry.TrackingDown, match="tracking was unavailable"):
         retry.retried(slow_failure)
     assert len(attempts) == 2
 
@@ -198,7 +193,7 @@ def test_mlflows_own_http_retries_are_not_multiplied(waits):
 def test_cleanup_never_raises_and_is_tried_during_an_outage(store, capsys):
     real, client, run = store
     client.down = True
-    with pytest.raises(MlflowException):
+    with pytest.raises(MlflowException, match="Connection refused"):
         retry.retried(client.get_run, run)  # an outage begins: its cool-down too
     before = client.calls["set_terminated"]
     assert track.close_run(client, run, failed=True) is False
@@ -219,7 +214,7 @@ def test_the_tune_callback_survives_an_outage_of_any_length(spec, store, capsys,
     parent = track.start_parent(real, "faults", {}, {})
     callback = MlflowTuneCallback(spec, parent, "unused: the client is set below")
     callback._client = client
-    trial = _Trial("t1", {POINT: 0})
+    trial = _Trial("t1", {POINT: grid_trials(spec)[0]})
     callback.on_trial_start(0, [], trial)
     run = callback.runs["t1"]
     client.down = True
@@ -246,7 +241,7 @@ def test_the_train_callback_never_fails_the_training(monkeypatch, capsys):
     """Train V2's controller turns an exception in a UserCallback's after_report into a
     training failure: neither a dead tracking server nor an unusable URI may raise."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    callback = MlflowTrainCallback("0" * 32, f"http://127.0.0.1:{_free_port()}")
+    callback = MlflowTrainCallback("0" * 32, f"http://127.0.0.1:{free_port()}")
     callback.after_report(run_context=None, metrics=[_row(1, 1.0)], checkpoint=None)
     callback.log({"finetune/loss": 1.0, COMPLETE: 1.0})  # the driver's relay
     assert "[raysuite] tracking: unavailable" in capsys.readouterr().out
@@ -256,57 +251,26 @@ def test_the_train_callback_never_fails_the_training(monkeypatch, capsys):
     assert "[raysuite] tracking: log failed and was skipped" in capsys.readouterr().out
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(root, port):
-    """``mlflow server`` on ``root``'s sqlite store, once it answers /health."""
-    log = open(root / "server.log", "a")  # noqa: SIM115 - the server writes it until stopped
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600  # minutes on a loaded 2-core machine, seconds otherwise
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                return proc
-        except requests.RequestException:
-            time.sleep(0.5)
-    _stop(proc)
-    raise AssertionError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
-
-
 @pytest.mark.timeout(1500)
 def test_a_real_server_stopped_mid_sweep_and_restarted(spec, tmp_path, empty_store, waits, monkeypatch, capsys):
     now, _ = waits
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the retrying is raysuite's alone here
-    port, root = _free_port(), tmp_path / "server"
+    root = tmp_path / "server"
     root.mkdir()
     shutil.copy(empty_store, root / "mlflow.db")
-    uri = f"http://127.0.0.1:{port}"
-    server = _serve(root, port)
+    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log").start()
+    uri = server.uri
     try:
         parent = track.start_parent(track.client(uri), "faults", {}, {})
         callback = MlflowTuneCallback(spec, parent, uri)
-        trial = _Trial("t1", {POINT: 0})
+        trial = _Trial("t1", {POINT: grid_trials(spec)[0]})
         callback.on_trial_start(0, [], trial)
         callback.on_trial_result(1, [], trial, _row(1, 0.9))
-        _stop(server)
+        server.stop()
         callback.on_trial_result(2, [], trial, _row(2, 0.8))  # refused, retried, kept back
         callback.on_trial_result(3, [], trial, _row(3, 0.7))  # the cool-down: kept back
         assert "[raysuite] tracking: unavailable" in capsys.readouterr().out
-        server = _serve(root, port)  # the same store
+        server.start()  # the same store, the same port
         now[0] += retry.COOLDOWN_S
         callback.on_trial_result(4, [], trial, _row(4, 0.6))
         trial.last_result = {"finetune/loss": 0.6, COMPLETE: 1.0}
@@ -317,4 +281,4 @@ def test_a_real_server_stopped_mid_sweep_and_restarted(spec, tmp_path, empty_sto
         assert _history(client, run) == [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)]
         assert client.get_run(run).info.status == "FINISHED"
     finally:
-        _stop(server)
+        server.stop()

@@ -2,7 +2,6 @@
 the Table 1 report, and a TINY run whose localisation beats constant predictors."""
 
 import re
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ from raysuite.methods import weak_localization as wl
 from raysuite.methods.nn import pretrained
 from raysuite.methods.nn.loc_metrics import localisation_table
 from raysuite.methods.nn.pretrained import Need
-from raysuite.plan import POINT, decode, grid_points, plan, point_indices, repeat_points
+from raysuite.plan import POINT, decode, grid_points, grid_trials, plan, repeat_points
 from raysuite.spec import SpecError, load_spec, resolve_stage_configs
 from raysuite.train.loop import fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
@@ -42,10 +41,8 @@ def data(cxr14_root, tmp_path):
 
 
 @pytest.fixture
-def spec_path(tmp_path, cxr14_root):
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(SPEC.format(root=cxr14_root, cache=tmp_path / "cache")))
-    return path
+def spec_path(write_spec, cxr14_root):
+    return write_spec(SPEC, root=cxr14_root)
 
 
 def test_folds_cover_the_annotated_images_and_draws_are_nested(data):
@@ -73,7 +70,7 @@ def test_folds_cover_the_annotated_images_and_draws_are_nested(data):
 
 def test_arms_grid_and_folds_plan_and_keys(spec_path):
     spec = load_spec(spec_path)
-    plans = [plan(spec, *decode(spec, {POINT: i})) for i in point_indices(spec)]
+    plans = [plan(spec, *decode(spec, {POINT: point})) for point in grid_trials(spec)]
     assert len(plans) == 2 * 2 * 2
     assert {p.label.split(",")[0] for p in plans} == {"ours", "li_base"}
     ours = [p for p in plans if p.label.startswith("ours")]
@@ -110,7 +107,7 @@ def test_arms_grid_and_folds_plan_and_keys(spec_path):
 )  # fmt: skip
 def test_bad_settings_are_refused_with_their_key(spec_path, edit, key):
     spec_path.write_text(spec_path.read_text().replace(*edit))
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(SpecError, match=r"spec\.yaml: (search|stages)\.") as err:
         load_spec(spec_path)
     assert err.value.key.startswith(key)
 
