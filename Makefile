@@ -19,11 +19,13 @@ demo: $(STAMP)
 	$(BIN)/raysuite sweep sweeps/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/ruff check raysuite tests benchmarks
+	$(BIN)/ruff check raysuite tests benchmarks examples
+	$(BIN)/pyright
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check raysuite tests benchmarks
+	$(BIN)/ruff check raysuite tests benchmarks examples
+	$(BIN)/pyright
 
 clean:
 	rm -rf $(VENV) mlflow.db ray_results .pytest_cache

@@ -44,7 +44,8 @@ def validation_error(err: ValidationError, model: type[BaseModel], path: Any, pr
         _, names = _walk(model, tuple(first["loc"])[:-1])
         return SpecError(path, key, f"unknown key `{parts[-1]}`{did_you_mean(parts[-1], names)}")
     if first["type"] == "union_tag_invalid":  # a discriminated union keyed by its one key
-        tag, expected = first["ctx"]["tag"], re.findall(r"'([^']*)'", first["ctx"]["expected_tags"])
+        ctx = first.get("ctx", {})  # pydantic always sets it for this error type
+        tag, expected = ctx["tag"], re.findall(r"'([^']*)'", ctx["expected_tags"])
         if tag:
             return SpecError(path, key, f"unknown key `{tag}`{did_you_mean(tag, expected)}")
         return SpecError(path, key, f"expects exactly one key of {', '.join(expected)}")

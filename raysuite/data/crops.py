@@ -127,7 +127,8 @@ def sample_pair(
 ) -> CropPair:
     """One pair by Algorithm 1 (see :func:`sample_pairs`)."""
     first, second, iou, fallback = sample_pairs(1, height, width, size, interval, rng, r1, r2)
-    return CropPair(tuple(map(int, first[0])), tuple(map(int, second[0])), float(iou[0]), bool(fallback[0]))
+    (t1, l1), (t2, l2) = first[0], second[0]  # (1, 2) arrays: one (top, left) each
+    return CropPair((int(t1), int(l1)), (int(t2), int(l2)), float(iou[0]), bool(fallback[0]))
 
 
 def sample_random_pairs(n: int, height: int, width: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,8 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> AugmentConfig:
         """The default magnitudes with every probability 0: :func:`augment` is the identity."""
-        return cls(**{f.name: 0.0 for f in fields(cls) if f.name.startswith("p_")})
+        probabilities: dict[str, Any] = {f.name: 0.0 for f in fields(cls) if f.name.startswith("p_")}
+        return cls(**probabilities)
 
 
 def _uniform(
@@ -195,6 +197,14 @@ def adjust_contrast(images: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(torch.logit(images, eps) * c.to(images)[:, None, None, None])
 
 
+@overload
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def augment(
+    images: torch.Tensor, masks: None, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, None]: ...
 def augment(
     images: torch.Tensor,
     masks: torch.Tensor | None,
@@ -223,7 +233,7 @@ def augment(
     do_brightness = chosen(cfg.p_brightness)
     brightness = _uniform(*cfg.brightness, (b,), g)
     do_contrast = chosen(cfg.p_contrast)
-    contrast = torch.exp(_uniform(*(math.log(c) for c in cfg.contrast), (b,), g))
+    contrast = torch.exp(_uniform(math.log(cfg.contrast[0]), math.log(cfg.contrast[1]), (b,), g))
 
     device, dtype = images.device, torch.promote_types(images.dtype, torch.float32)
     matrices = (

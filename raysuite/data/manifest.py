@@ -195,7 +195,7 @@ def check_patient_splits(df: pd.DataFrame) -> None:
         leaked = per_patient[per_patient > 1]
         if len(leaked):
             example = leaked.index[0]
-            found = sorted(map(str, df[column][assigned & (df.patient_key == example)].unique()))
+            found = sorted(map(str, df.loc[assigned & (df.patient_key == example), column].unique()))
             raise ManifestError(
                 f"{len(leaked)} patient(s) appear in more than one {column}, e.g. {example} in {found}"
             )

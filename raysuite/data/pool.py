@@ -36,7 +36,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -173,7 +173,8 @@ def balance(pool: pd.DataFrame, caps: dict[str, int], seed: int = 0) -> pd.DataF
         raise PoolError(f"modality caps {unknown} name no group; groups: {list(GROUPS)}")
     rng = np.random.default_rng(seed)
     parts = []
-    for group, rows in pool.groupby("group", sort=True):
+    for key, rows in pool.groupby("group", sort=True):
+        group = cast(str, key)  # the modality group's name
         if group not in caps:
             parts.append(rows)
             continue
@@ -232,9 +233,8 @@ def modality_totals(pool: pd.DataFrame) -> pd.DataFrame:
         index="group", columns="split", values="pool_id", aggfunc="size", fill_value=0
     )
     total = total.merge(splits.reset_index(), on="group", how="left")
-    return pd.concat([total, detail], ignore_index=True)[
-        keys + ["slices", "patients", *splits.columns]
-    ]
+    table = pd.concat([total, detail], ignore_index=True)
+    return table.loc[:, keys + ["slices", "patients", *splits.columns]]
 
 
 def normalise(

@@ -146,7 +146,7 @@ def read_dicom(path: str | Path, voi: bool = True, frame: int | None = None) -> 
 def _dicom_image(ds: Any, path: str | Path, voi: bool, frame: int | None) -> tuple[np.ndarray, ImageMeta]:
     """The image and meta of a read dataset; any exception other than ReadError is a
     header value of the wrong kind (the caller's ``bad_header``)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     ts_name = dicom_codes.transfer_syntax_name(ts) if ts else "implicit VR little endian"

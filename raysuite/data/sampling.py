@@ -126,7 +126,11 @@ class RepeatFactorSampler(DistributedSampler[int]):
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
         # Validates rank and sets dataset, num_replicas, rank, epoch=0, shuffle, seed, drop_last.
         super().__init__(
-            range(r.size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+            range(r.size),  # pyright: ignore[reportArgumentType] - it only takes len() of a Dataset
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
         )
         self.factors = r
         self._whole = np.floor(r).astype(np.int64)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class SliceReader:
 
 
 def _expected_shape(row: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    values = [row.get(k) for k in ("depth", "height", "width")]
+    values: list[Any] = [row.get(k) for k in ("depth", "height", "width")]
     if any(v is None or v != v for v in values):  # v != v: NaN
         return None
     return int(values[0]), int(values[1]), int(values[2])
@@ -173,9 +173,10 @@ def _single_volume(path: str | Path) -> int | None:
     """0 for a 4-D NIfTI holding one volume ``(X, Y, Z, 1)``, else None (read_nifti refuses
     a true 4-D series with ``needs_volume_index``)."""
     import nibabel as nib
+    from nibabel.dataobj_images import DataobjImage
 
-    try:
-        shape = nib.load(str(path)).shape
+    try:  # a NIfTI loads as a DataobjImage (typed as its base, FileBasedImage, which has no shape)
+        shape = cast(DataobjImage, nib.load(str(path))).shape
     except Exception:  # read_nifti reports the file
         return None
     return 0 if len(shape) == 4 and shape[3] == 1 else None
@@ -215,7 +216,7 @@ def _dicom_frames(path: str | Path, frames: int) -> np.ndarray:
     """Every frame of a multi-frame DICOM, decoded once, as :func:`read_dicom` treats one
     (Modality LUT, no VOI, MONOCHROME1 inverted per frame)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels.processing import apply_modality_lut
 
     ds = pydicom.dcmread(str(path))
     try:

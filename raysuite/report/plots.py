@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ def config_bars(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.4))
     y = np.arange(len(summary))[::-1]
+    row: Any  # an itertuples() namedtuple with the summary's columns as fields
     for yi, row in zip(y, summary.itertuples(), strict=True):
         colour = "0.6" if row.config_id in baselines else "C0"
         err = (
@@ -79,6 +81,7 @@ def training_curves(trials: pd.DataFrame, histories: Mapping[str, Sequence[tuple
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     configs = list(dict.fromkeys(trials.config))
+    row: Any  # an itertuples() namedtuple with the trials' columns as fields
     for row in trials.itertuples():
         points = sorted(histories.get(row.run_id, []))
         if not points:
@@ -104,6 +107,7 @@ def collapse_curves(
     per_config: dict[str, list[pd.Series]] = {}
     if "stage_key.pretrain" in trials:  # trials sharing a cached pretraining relay one history
         trials = trials.drop_duplicates(subset=["config", "stage_key.pretrain"])
+    row: Any  # an itertuples() namedtuple with the trials' columns as fields
     for row in trials.itertuples():
         points = histories.get(row.run_id) or []
         if points:
@@ -150,8 +154,10 @@ def parallel_coordinates(
             scaled[p] = column.map(lambda c, cats=cats: cats.index(str(c)) / max(1, len(cats) - 1))
             ticks[p] = ([i / max(1, len(cats) - 1) for i in range(len(cats))], cats)
     plt = _pyplot()
+    from matplotlib.colors import Normalize
+
     fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(params)), 4.5))
-    norm = plt.Normalize(points.objective.min(), points.objective.max())
+    norm = Normalize(points.objective.min(), points.objective.max())
     cmap = plt.get_cmap("viridis")
     x = np.arange(len(params))
     for i in points.sort_values("objective").index:
@@ -162,7 +168,7 @@ def parallel_coordinates(
             alpha=0.8,
         )
     for xi, p in zip(x, params, strict=True):
-        ax.axvline(xi, color="k", lw=0.6)
+        ax.axvline(float(xi), color="k", lw=0.6)
         for pos, text in zip(*ticks[p], strict=True):
             ax.text(xi + 0.03, pos, text, fontsize=7, va="center")
     ax.set_xlim(-0.3, len(params) - 0.3)  # room for the last axis' labels
@@ -177,7 +183,7 @@ def importance_bars(importances: Mapping[str, float], out: Path) -> Path | None:
     if not importances:
         return None
     plt = _pyplot()
-    names = sorted(importances, key=importances.get)
+    names = sorted(importances, key=lambda n: importances[n])
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names], color="C2")
     ax.set_xlabel("importance for the objective (fANOVA)")

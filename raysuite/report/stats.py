@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
@@ -79,7 +80,8 @@ def paired(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, f
         out["t"], out["p_t"] = float(t.statistic), float(t.pvalue)
     d = np.where(np.abs(d) < 1e-12, 0.0, d)
     if np.count_nonzero(d) >= 1:
-        w = st.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+        # scipy types the result as a bare tuple; it is a WilcoxonResult(statistic, pvalue)
+        w: Any = st.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
         out["w"], out["p_wilcoxon"] = float(w.statistic), float(w.pvalue)
     return out
 

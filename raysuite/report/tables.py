@@ -15,8 +15,8 @@ gives them (one row per trial: ``config_id``, ``config``, ``repeat``, ``status``
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, cast
 
 import pandas as pd
 
@@ -100,7 +100,8 @@ def summary_table(
     ``gpu_hours``, ``cpu_hours`` (and ``cost``)."""
     cost = trial_cost(trials, resources)
     rows = []
-    for (cid, label), group in trials.groupby(["config_id", "config"], sort=False):
+    for key, group in trials.groupby(["config_id", "config"], sort=False):
+        cid, label = cast("tuple[Any, Any]", key)  # grouped by two columns: a pair
         row: dict[str, Any] = {
             "config_id": cid,
             "config": label,
@@ -120,16 +121,16 @@ def with_pruned(summary: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     trials the scheduler stopped (runs KILLED, tag ``raysuite.pruned``), and ``pruned_at``,
     the rungs it stopped them at. A configuration pruned whole gets a row with n = 0: it is
     listed, and its trials are never averaged with complete ones."""
-    killed = trials[trials.status == "KILLED"] if "status" in trials else trials.iloc[:0]
+    killed = trials.loc[trials.status == "KILLED"] if "status" in trials else trials.iloc[:0]
     out = (
         summary.copy() if not summary.empty else pd.DataFrame(columns=["config_id", "config", "n"])
     )
     out["pruned"] = 0
     out["pruned_at"] = ""
-    for (cid, label), group in killed.groupby(["config_id", "config"], sort=False):
-        rungs = ",".join(
-            sorted({str(r) for r in group.get("pruned", pd.Series(dtype=str)).dropna()})
-        )
+    for key, group in killed.groupby(["config_id", "config"], sort=False):
+        cid, label = cast("tuple[Any, Any]", key)  # grouped by two columns: a pair
+        pruned = group["pruned"] if "pruned" in group else pd.Series(dtype=str)
+        rungs = ",".join(sorted({str(r) for r in pruned.dropna()}))
         if cid not in set(out.config_id):
             out.loc[len(out), ["config_id", "config", "n"]] = [cid, label, 0]
         where = out.config_id == cid
@@ -147,7 +148,7 @@ def _config_params(trials: pd.DataFrame) -> pd.DataFrame:
         for c in trials
         if (c.startswith("param.stages.") and not c.endswith(".seed")) or c == "param.search.arm"
     ]
-    first = trials.groupby("config_id", sort=False)[columns].first()
+    first = cast(pd.DataFrame, trials.groupby("config_id", sort=False)[columns].first())
     return first.map(decode)
 
 
@@ -157,14 +158,14 @@ def baseline_configs(trials: pd.DataFrame, baseline: str | Mapping[str, Any]) ->
     params = _config_params(trials)
     if isinstance(baseline, str):
         column = params.get("param.search.arm")
-        return [] if column is None else column.index[column == baseline].tolist()
+        return [] if column is None else column.index[(column == baseline).to_numpy()].tolist()
     wanted = {f"param.stages.{k}": encoded(v) for k, v in _leaves(baseline).items()}
     if any(c not in params for c in wanted):
         return []
     match = pd.Series(True, index=params.index)
     for column, value in wanted.items():
         match &= params[column].map(lambda v, value=value: v == value)
-    return match.index[match].tolist()
+    return match.index[match.to_numpy()].tolist()
 
 
 def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -184,7 +185,9 @@ def _key(value: Any) -> str:
     )
 
 
-def _likeness(params: pd.DataFrame, varied: list[str], cid: str, base: str) -> tuple[int, ...]:
+def _likeness(
+    params: pd.DataFrame, varied: list[str], cid: Hashable, base: Hashable
+) -> tuple[int, ...]:
     """How like configuration ``base`` is ``cid``: the settings both share, counted first
     among the settings the sweep varies least (task, encoder), then among the rest (an arm's
     own epochs or batch), so a tie on the count alone never pairs genesis VGG-16 on MURA
@@ -226,6 +229,6 @@ def baseline_comparison(trials: pd.DataFrame, baseline: str | Mapping[str, Any])
                      **{k: test[k] for k in ("mean_diff", "t", "p_t", "w", "p_wilcoxon")}})  # fmt: skip
     out = pd.DataFrame(rows)
     if not out.empty:
-        out.insert(out.columns.get_loc("w"), "p_t_holm", holm(out["p_t"].tolist()))
+        out.insert(out.columns.to_list().index("w"), "p_t_holm", holm(out["p_t"].tolist()))
         out["p_wilcoxon_holm"] = holm(out["p_wilcoxon"].tolist())
     return out

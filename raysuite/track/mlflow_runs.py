@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -91,7 +90,7 @@ def child_run(c: MlflowClient, parent_id: str, trial_key: str, name: str, params
 
 def log_params(c: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     flat = flatten(params)
-    items = [mlflow.entities.Param(k, v[:6000]) for k, v in flat.items()]
+    items = [Param(k, v[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i : i + 100])
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import requests
 from mlflow.exceptions import MlflowException, RestException
@@ -88,7 +88,8 @@ def warn(message: str) -> None:
     print(f"[raysuite] tracking: {message}", flush=True)
 
 
-def retried(fn: Callable[P, T], *args: P.args, during_outage: bool = False, **kwargs: P.kwargs) -> T:
+# Not Callable[P, T] with *args: P.args: PEP 612 allows no keyword (during_outage) between them.
+def retried(fn: Callable[..., T], *args: Any, during_outage: bool = False, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, tried again after each transient error, :data:`DELAYS_S`
     apart, while within :data:`BUDGET_S`; the last error is raised. Raises
     :class:`TrackingDown` without calling ``fn`` within :data:`COOLDOWN_S` of a transient

@@ -56,7 +56,7 @@ def param_importances(
         study.add_trial(
             optuna.trial.create_trial(params=params, distributions=dists, value=float(value))
         )
-    values = [t.value for t in study.trials]
+    values = [t.value for t in study.trials if t.value is not None]  # each added with its value
     if len(values) < 2 or max(values) == min(values):
         return {}
     return dict(optuna.importance.get_param_importances(study))

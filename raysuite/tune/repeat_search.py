@@ -76,6 +76,7 @@ class RepeatSearcher(Searcher):
             self._groups[key] = group
             self._current = key
         group.trials.append(trial_id)
+        assert self._current is not None  # set with the group
         self._trial_group[trial_id] = self._current
         return {**group.config, REPEAT: len(group.trials) - 1}
 

@@ -59,6 +59,18 @@ def _metric(name: str) -> Metric:
     return _metrics[name]
 
 
+def _gauge(name: str) -> Gauge:
+    metric = _metric(name)
+    assert isinstance(metric, Gauge), f"{name} is a {type(metric).__name__}"
+    return metric
+
+
+def _counter(name: str) -> Counter:
+    metric = _metric(name)
+    assert isinstance(metric, Counter), f"{name} is a {type(metric).__name__}"
+    return metric
+
+
 def _safely(record: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """Call ``record``; on any error warn once per process and carry on."""
     global _warned
@@ -83,13 +95,13 @@ def _record_epoch(metrics: dict[str, Any], experiment: str, trial: str) -> None:
         stage, _, name = key.rpartition("/")
         if stage and name in _BY_LOOP_KEY and isinstance(value, int | float):
             tags = {"experiment": experiment, "trial": trial, "stage": stage}
-            _metric(_BY_LOOP_KEY[name].name).set(float(value), tags=tags)
+            _gauge(_BY_LOOP_KEY[name].name).set(float(value), tags=tags)
 
 
 def record_stage_cache(experiment: str, stage: str, hit: bool) -> None:
     """Count one stage-cache lookup: a reuse (``hit``) or a computation."""
     name = "raysuite_stage_cache_hits" if hit else "raysuite_stage_cache_misses"
-    _safely(lambda: _metric(name).inc(tags={"experiment": experiment, "stage": stage}))
+    _safely(lambda: _counter(name).inc(tags={"experiment": experiment, "stage": stage}))
 
 
 def record_trials(experiment: str, counts: dict[str, int]) -> None:
@@ -97,7 +109,7 @@ def record_trials(experiment: str, counts: dict[str, int]) -> None:
 
     def record() -> None:
         for state in TRIAL_STATES:
-            _metric("raysuite_trials").set(
+            _gauge("raysuite_trials").set(
                 float(counts.get(state, 0)), tags={"experiment": experiment, "state": state}
             )
 

@@ -20,19 +20,20 @@ classifier its encoder transfers to.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import timm
 import torch
 from torch import nn
 
-from raysuite.methods.nn.unet import TimmUNet
+from raysuite.methods.nn.unet import TimmUNet, feature_info
 from raysuite.methods.nn.weights import load_imagenet_weights
 
 Norm = Literal["batch", "instance"]
+M = TypeVar("M", bound=nn.Module)
 
 
-def set_norm(module: nn.Module, norm: Norm) -> nn.Module:
+def set_norm(module: M, norm: Norm) -> M:
     """``module`` with every ``BatchNorm2d`` replaced by ``InstanceNorm2d(affine=True)`` when
     ``norm == "instance"`` (in place; the affine weight and bias carry over)."""
     if norm == "batch":
@@ -78,7 +79,7 @@ class TransferClassifier(nn.Module):
     def __init__(self, name: str, norm: Norm = "batch", hidden: int = 256, dropout: float = 0.5):
         super().__init__()
         self.encoder = encoder(name, norm)
-        width = self.encoder.feature_info.channels()[-1]
+        width = feature_info(self.encoder).channels()[-1]
         self.dense = nn.Linear(width, hidden)
         self.out = nn.Linear(hidden, 1)
         self.drop = nn.Dropout(dropout)

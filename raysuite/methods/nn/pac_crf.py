@@ -45,6 +45,8 @@ class PacCrf(nn.Module):
     is masked (no self-pairwise term). ``steps`` mean-field iterations share W.
     """
 
+    mask: torch.Tensor  # (size, size) buffer: 1, the centre tap 0
+
     def __init__(self, classes: int, size: int = 19, steps: int = 5):
         super().__init__()
         if size % 2 == 0 or size < 3:

@@ -5,7 +5,9 @@ a PAC-CRF on top (Figure 3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ def blur_backbone(
     ``arch`` raises ``ValueError`` naming it (:func:`~raysuite.methods.nn.weights.load_imagenet_weights`).
     """
     import timm
-    from timm.layers import BlurPool2d
+    from timm.layers.blur_pool import BlurPool2d
 
     aa = _blur_class(BlurPool2d, blur_size) if antialias else None
     model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="", aa_layer=aa)
@@ -41,15 +43,14 @@ def blur_backbone(
     if antialias:
         for module in list(model.modules()):
             down = getattr(module, "downsample", None)
+            conv = down[0] if isinstance(down, nn.Sequential) else None
             if (
                 isinstance(down, nn.Sequential)
-                and isinstance(down[0], nn.Conv2d)
-                and down[0].stride == (2, 2)
+                and isinstance(conv, nn.Conv2d)
+                and conv.stride == (2, 2)
             ):
-                down[0].stride = (1, 1)
-                module.downsample = nn.Sequential(
-                    BlurPool2d(down[0].in_channels, blur_size, 2), *down
-                )
+                conv.stride = (1, 1)
+                module.downsample = nn.Sequential(BlurPool2d(conv.in_channels, blur_size, 2), *down)
     return model
 
 
@@ -72,7 +73,7 @@ class PatchGridNet(nn.Module):
     def __init__(self, backbone: nn.Module, classes: int, grid: int, head_channels: int = 512):
         super().__init__()
         self.backbone, self.grid = backbone, grid
-        width = backbone.num_features
+        width = cast(int, backbone.num_features)  # a timm model's (unpooled) feature channels
         self.head = nn.Sequential(
             nn.Conv2d(width, head_channels, 3, padding=1, bias=False), nn.BatchNorm2d(head_channels),
             nn.ReLU(inplace=True), nn.Conv2d(head_channels, classes, 1),
@@ -80,7 +81,11 @@ class PatchGridNet(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) -> (B, C, P, P) backbone features on the patch grid."""
-        fmap = self.backbone.forward_features(images.expand(-1, 3, -1, -1))
+        # a timm model's unpooled (B, C, h, w) feature map (nn.Module's typing cannot see it)
+        forward_features = cast(
+            Callable[[torch.Tensor], torch.Tensor], self.backbone.forward_features
+        )
+        fmap = forward_features(images.expand(-1, 3, -1, -1))
         return F.interpolate(
             fmap, size=(self.grid, self.grid), mode="bilinear", align_corners=False
         )
@@ -102,14 +107,16 @@ class CrfNet(nn.Module):
         self.base = base.eval()
         for p in self.base.parameters():
             p.requires_grad_(False)
-        width = base.backbone.num_features
+        width = cast(int, base.backbone.num_features)  # a timm model's feature channels
         self.branch = nn.Sequential(
             nn.Conv2d(width, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(hidden),
-            nn.Conv2d(hidden, feature_channels, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(feature_channels),
+            nn.Conv2d(hidden, feature_channels, 3, padding=1), nn.ReLU(inplace=True), last := nn.BatchNorm2d(feature_channels),
         )  # fmt: skip
         # small feature scale at start: kernel values near 1, so the PAC starts as a plain conv
-        nn.init.constant_(self.branch[-1].weight, 0.1)
-        self.crf = PacCrf(self.base.head[-1].out_channels, size, steps)
+        nn.init.constant_(last.weight, 0.1)
+        classifier = self.base.head[-1]
+        assert isinstance(classifier, nn.Conv2d)  # PatchGridNet's head ends in its 1x1 conv to K
+        self.crf = PacCrf(classifier.out_channels, size, steps)
 
     def train(self, mode: bool = True) -> CrfNet:
         super().train(mode)

@@ -12,6 +12,7 @@ every pixel of the batch. Each returns a differentiable scalar.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -184,5 +185,5 @@ def weighted_seg_loss(
     if not active:
         raise ValueError(f"every segmentation loss weight is zero: {dict(weights)}")
     values = {name: LOSSES[name](logits, target, **params.get(name, {})) for name in active}
-    total = sum(active[name] * value for name, value in values.items())
+    total = cast(Tensor, sum(active[name] * value for name, value in values.items()))  # non-empty
     return total, {name: value.detach() for name, value in values.items()}

@@ -78,6 +78,7 @@ def nt_xent(
 
             world, offset = dist.get_world_size(), dist.get_rank() * n
             group = dist.group.WORLD
+            assert group is not None  # the default group exists once initialised (_gathering)
             # (WN, d) each, rank-major: rank r's rows at [rN, (r + 1)N)
             keys = torch.cat([all_gather_single(u1, 0, group), all_gather_single(u2, 0, group)])
         else:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from raysuite.methods.nn.weights import load_imagenet_weights
@@ -51,6 +53,12 @@ class DecoderBlock(nn.Module):
         return self.convs(x)
 
 
+def feature_info(encoder: nn.Module) -> FeatureInfo:
+    """The ``feature_info`` (channels and stride of each feature) of a timm ``features_only``
+    model (an attribute timm sets, so ``nn.Module``'s typing cannot see it)."""
+    return cast(FeatureInfo, encoder.feature_info)
+
+
 class TimmUNet(nn.Module):
     """U-Net on a timm ``features_only`` encoder (seed 004: ResNet-34, 256 px, 2 classes).
 
@@ -76,8 +84,8 @@ class TimmUNet(nn.Module):
         self.encoder = timm.create_model(
             encoder, features_only=True, pretrained=False, in_chans=in_chans
         )
-        channels = self.encoder.feature_info.channels()
-        reductions = self.encoder.feature_info.reduction()
+        channels = feature_info(self.encoder).channels()
+        reductions = feature_info(self.encoder).reduction()
         depth = round(math.log2(reductions[-1]))
         if any(r & (r - 1) for r in reductions) or sorted(set(reductions)) != reductions:
             raise ValueError(

@@ -250,6 +250,11 @@ class Thresholds(torch.nn.Module):
     """The thresholds of eq. 12 as buffers (K,) of the model, so they are checkpointed with
     the weights and, under DDP, broadcast from rank 0 like any buffer."""
 
+    tau: torch.Tensor  # (K,) buffers, registered by name in __init__
+    rho: torch.Tensor
+    tau_hat: torch.Tensor
+    rho_hat: torch.Tensor
+
     def __init__(self, values: ThresholdSet):
         super().__init__()
         for name in ("tau", "rho", "tau_hat", "rho_hat"):
