@@ -159,16 +159,16 @@ def genesis_sources(synth_ingested, cxr14_root, flare_root):
 
 @pytest.fixture
 def write_spec(tmp_path):
-    """``write_spec(text, name="spec.yaml", **fields) -> Path``: a sweep spec written to
-    ``tmp_path / name``. ``text`` is dedented; with ``fields`` it is a ``str.format``
+    """``write_spec(text, filename="spec.yaml", **fields) -> Path``: a sweep spec written to
+    ``tmp_path / filename``. ``text`` is dedented; with ``fields`` it is a ``str.format``
     template, and ``cache`` (``tmp_path / "cache"``) and ``storage`` (``tmp_path /
     "storage"``) are filled unless given. A mapping is written as YAML."""
     import textwrap
 
     import yaml
 
-    def write(text, name: str = "spec.yaml", **fields) -> Path:
-        path = tmp_path / name
+    def write(text, filename: str = "spec.yaml", **fields) -> Path:
+        path = tmp_path / filename
         if not isinstance(text, str):
             path.write_text(yaml.safe_dump(dict(text), sort_keys=False))
             return path
