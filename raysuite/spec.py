@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from raysuite.methods import METHODS, entry_points
 from raysuite.spec_errors import SpecError, did_you_mean, validation_error
 from raysuite.spec_numbers import bool_for_number, loc_text
 from raysuite.spec_yaml import expand_tree, load_yaml
@@ -233,8 +234,6 @@ class Spec(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from raysuite.methods import METHODS, entry_points
-
         if ":" in method:
             try:
                 METHODS[method]
@@ -313,8 +312,6 @@ def override_path(raw: dict[str, Any], key: str) -> list[str]:
     rest of a key under a section keyed by ``<stage>.<field>`` (``search.grid``,
     ``search.repeats``, ``search.optuna.space``, ``search.baseline``, ``search.arms.<arm>``)
     is one key: ``search.grid.pretrain.lr`` -> ``[search, grid, pretrain.lr]``."""
-    from raysuite.methods import METHODS
-
     parts = key.split(".")
     name = raw.get("method")
     method = METHODS.get(name) if isinstance(name, str) else None
@@ -364,8 +361,6 @@ def resolve_stage_configs(
 
     Returns plain dicts (JSON-ready) keyed by stage name, including defaults.
     """
-    from raysuite.methods import METHODS
-
     method = METHODS[spec.method]
     raw = copy.deepcopy(base) if base is not None else copy.deepcopy(spec.stages)
     if spec.tiny and base is None:
@@ -407,8 +402,6 @@ def expand_arm(spec: Spec, overrides: dict[str, Any]) -> dict[str, Any]:
 def fold_count(spec: Spec) -> int | None:
     """K of the method's K-fold split: ``data.split.folds`` or the method's default (None:
     the method does not cross-validate)."""
-    from raysuite.methods import METHODS
-
     default = METHODS[spec.method].default_folds
     return None if default is None else spec.data.split.folds or default
 
@@ -435,8 +428,6 @@ def smoke(spec: Spec) -> Spec:
     """Shrink a spec so it runs in minutes on a 2-core CPU: TINY preset, method smoke
     overrides, one worker, at most 2 grid values per axis kept whole (the design stays),
     repeats capped at 2 per axis, Optuna trials capped at 2, ASHA rescaled."""
-    from raysuite.methods import METHODS
-
     method = METHODS[spec.method]
     data = spec.model_copy(deep=True)
     data.tiny = True

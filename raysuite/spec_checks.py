@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from raysuite.methods import METHODS
 from raysuite.spec import (
     Choice,
     Distribution,
@@ -52,8 +53,6 @@ def check_trial_count(spec: Spec, path: Any) -> None:
 def check_objective(spec: Spec, path: Any) -> None:
     """The objective is a metric the method reports (``Method.metric_keys``); with ``scope:
     best`` its running best (``<metric>_best``, kept for a metric a stage monitors)."""
-    from raysuite.methods import METHODS
-
     keys = METHODS[spec.method].metric_keys()
     metric = spec.objective.metric
     if spec.objective.column in keys:
@@ -68,8 +67,6 @@ def check_objective(spec: Spec, path: Any) -> None:
 
 def check_faults(spec: Spec, path: Any) -> None:
     """The fault drill names a stage of the method."""
-    from raysuite.methods import METHODS
-
     stages = METHODS[spec.method].stages
     if spec.faults is not None and spec.faults.stage not in stages:
         stage = spec.faults.stage
@@ -99,8 +96,6 @@ def check_optuna_space(spec: Spec, path: Any, base: dict[str, dict[str, Any]]) -
     with the other keys at their first probe (so fields that go together, like
     ``iou_min`` and ``iou_width``, are set together). A refusal names the key whose value
     the stage refused."""
-    from raysuite.methods import METHODS
-
     if spec.search.optuna is None:
         return
     method, data = METHODS[spec.method], spec.data.model_dump()

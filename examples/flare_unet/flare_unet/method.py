@@ -15,9 +15,9 @@ One training stage, ``train``:
 - evaluation: whole validation slices, ``val/dice`` the mean Dice over every (slice, organ)
   whose organ is in the slice's ground truth (background left out).
 
-Its baseline arm is cross-entropy alone (``train.dice_weight: 0``). The whole method lives
-in this one module: raysuite's stage cache fingerprints the method's module and the raysuite
-modules it imports, not other modules of this package.
+Its baseline arm is cross-entropy alone (``train.dice_weight: 0``). The whole method fits
+in this one module; a larger one may split into modules of this package: raysuite's stage
+cache fingerprints every module of the package the method imports, and raysuite's.
 """
 
 from __future__ import annotations
