@@ -154,6 +154,16 @@ def _meanings(model: type[BaseModel]) -> dict[str, str]:
     return out
 
 
+def _inherited_description(model: type[BaseModel], name: str) -> str:
+    """The ``Field(description)`` a base of ``model`` gives field ``name`` (a method's config
+    redeclares ``epochs`` with its seed's default; ``OptimConfig`` says what it means)."""
+    for cls in model.__mro__[1:]:
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and name in cls.model_fields:
+            if described := cls.model_fields[name].description:
+                return described
+    return ""
+
+
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model ``annotation`` is (``X`` or ``X | None``), else None."""
     options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
@@ -169,7 +179,7 @@ def field_rows(model: type[BaseModel], prefix: str = "") -> list[FieldRow]:
     for name, info in model.model_fields.items():
         kind = type_name(info.annotation)
         bounds = constraints(info)
-        meaning = (info.description or comments.get(name, "")).strip()
+        meaning = (info.description or comments.get(name) or _inherited_description(model, name)).strip()
         nested = _model_of(info.annotation)
         default = f"(the defaults of its fields, {prefix}{name}.<field> below)" if nested else default_of(info)
         rows.append(FieldRow(prefix + name, f"{kind}, {bounds}" if bounds else kind, default, meaning))

@@ -107,6 +107,8 @@ def test_card_of_a_builtin_gives_types_defaults_meanings_keys_baseline(capsys):
     assert "    loc_threshold: float, > 0, <= 1 = 0.1\n        T of IoU >= T / IoR >= T\n" in out
     assert '    loss: "seed" | "li" = "seed"\n' in out
     assert "    gamma: float | null, >= 0 = null\n        eq. 11; None: per class" in out
+    # a field redeclared with the seed's default keeps OptimConfig's meaning
+    assert "    epochs: int, >= 1 = 30\n        passes over the training set\n" in out
     assert 'baseline arm: train.loss="li"' in out
     assert "headline metric: val/loc_acc_iou" in out
     assert "val/loc_acc_iou/Atelectasis" in out and "crf/loss" in out  # every key, per stage
