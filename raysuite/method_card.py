@@ -158,9 +158,9 @@ def _inherited_description(model: type[BaseModel], name: str) -> str:
     """The ``Field(description)`` a base of ``model`` gives field ``name`` (a method's config
     redeclares ``epochs`` with its seed's default; ``OptimConfig`` says what it means)."""
     for cls in model.__mro__[1:]:
-        if isinstance(cls, type) and issubclass(cls, BaseModel) and name in cls.model_fields:
-            if described := cls.model_fields[name].description:
-                return described
+        inherits = isinstance(cls, type) and issubclass(cls, BaseModel) and name in cls.model_fields
+        if inherits and (described := cls.model_fields[name].description):
+            return described
     return ""
 
 
