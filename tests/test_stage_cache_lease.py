@@ -76,8 +76,10 @@ def clock(monkeypatch) -> FakeClock:
 
 @pytest.fixture()
 def coordinator(clock):
-    """The coordinator's own class (not an actor), on the fake clock."""
-    return stage_cache.StageCacheCoordinator.__ray_actor_class__()
+    """The coordinator's own class (not an actor), on the fake clock. The clock is passed in,
+    not patched into the module: once a sweep in this process made the actor, Ray holds a
+    copy of the class rebuilt by value, whose methods read their own globals."""
+    return stage_cache.StageCacheCoordinator.__ray_actor_class__(clock=clock.monotonic)
 
 
 def test_an_expired_lease_passes_to_exactly_one_claimant(coordinator, clock):

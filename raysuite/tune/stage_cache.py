@@ -62,7 +62,7 @@ class Scope:
 @dataclass
 class _Lease:
     owner: str
-    beat: float  # the coordinator's time.monotonic() at the last claim or renewal
+    beat: float  # the coordinator's clock (time.monotonic) at the last claim or renewal
     lease_s: float
 
 
@@ -74,7 +74,8 @@ class StageCacheCoordinator:
     Restarted (its process died), it has forgotten every lease: a producer then sees its
     lease lost and the next claimant of the key computes it again."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # a test passes its own: Ray may rebuild this class by value
         self.leases: dict[str, _Lease] = {}
         self.computed: dict[str, dict[str, list[str]]] = {}  # invocation -> stage -> keys
         self.hits: dict[str, dict[str, int]] = {}  # invocation -> stage -> hits
@@ -83,7 +84,7 @@ class StageCacheCoordinator:
         """True when ``owner`` now holds the lease on ``key``: nobody held it, the holder's
         lease expired (no heartbeat for its ``lease_s``), or ``owner`` already held it."""
         held = self.leases.get(key)
-        now = time.monotonic()
+        now = self.clock()
         if held is not None and held.owner != owner and now - held.beat <= held.lease_s:
             return False
         self.leases[key] = _Lease(owner, now, lease_s)
@@ -94,7 +95,7 @@ class StageCacheCoordinator:
         held = self.leases.get(key)
         if held is None or held.owner != owner:
             return False
-        held.beat = time.monotonic()
+        held.beat = self.clock()
         return True
 
     def finish(self, key: str, stage: str, ok: bool, owner: str, invocation: str) -> bool:
