@@ -19,6 +19,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def files_holding(needles: "set[bytes]", paths: "list[Path]") -> "dict[Path, bytes]":
+    """Each file of ``paths`` that holds one of ``needles`` (byte strings), with one needle it
+    holds. A sweep leaves GBs (checkpoints, shard caches, Ray's session): a needle at a time
+    in Python read them once per needle (minutes), so needles without a newline go to one
+    ``grep -F`` (one multi-pattern pass); the rest are searched here."""
+    import subprocess
+
+    lined = sorted(n for n in needles if n and b"\n" not in n)
+    found: dict[Path, bytes] = {}
+    if lined and paths:
+        patterns = Path(tempfile.mkstemp(prefix="needles-")[1])
+        patterns.write_bytes(b"\n".join(lined) + b"\n")
+        hits = set()
+        for start in range(0, len(paths), 500):  # argv stays short
+            done = subprocess.run(["grep", "-aFl", "-f", str(patterns), "--", *map(str, paths[start : start + 500])],
+                                  capture_output=True, env={**os.environ, "LC_ALL": "C"})  # fmt: skip
+            assert done.returncode in (0, 1), done.stderr.decode(errors="replace")
+            hits |= {Path(line) for line in done.stdout.decode().splitlines()}
+        patterns.unlink()
+        for path in hits:
+            blob = path.read_bytes()
+            found[path] = next(n for n in lined if n in blob)
+    rest = [n for n in needles if n not in lined]
+    for path in paths if rest else []:
+        blob = path.read_bytes()
+        hit = next((n for n in rest if n in blob), None)
+        if hit is not None:
+            found.setdefault(path, hit)
+    return found
+
+
 # A local S3 API (moto's server, started by the ``s3_server`` fixture) answers every s3://
 # URI of the tests. Its address is fixed here, before any test starts Ray: Ray's workers
 # inherit the environment of the process that starts it, and pyarrow reads the endpoint from
@@ -48,7 +79,9 @@ class PretrainedCache:
             for k, v in pretrained.arch_of(arch).build().state_dict().items()
         }
 
-    def place(self, arch: str, value: str = "imagenet", state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def place(
+        self, arch: str, value: str = "imagenet", state: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         state = self.state(arch) if state is None else state
         source = pretrained.source_of(arch, value)
         assert isinstance(source, pretrained.Source), value
@@ -107,7 +140,9 @@ def synth_ingested(tmp_path_factory):
         key = (format, cases, seed, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
         if key not in roots:
             root = tmp_path_factory.mktemp(f"{format}-{cases}")
-            importlib.import_module(f"raysuite.data.synth.{format}").synth(root, cases=cases, seed=seed, **kwargs)
+            importlib.import_module(f"raysuite.data.synth.{format}").synth(
+                root, cases=cases, seed=seed, **kwargs
+            )
             (root / ".raysuite-complete").write_text("synthetic\n")
             roots[key] = root
         return roots[key]
@@ -174,7 +209,9 @@ def write_spec(tmp_path):
             return path
         text = textwrap.dedent(text)
         if fields:
-            text = text.format(**{"cache": tmp_path / "cache", "storage": tmp_path / "storage", **fields})
+            text = text.format(
+                **{"cache": tmp_path / "cache", "storage": tmp_path / "storage", **fields}
+            )
         path.write_text(text)
         return path
 
@@ -196,7 +233,11 @@ def method_data(request, tmp_path):
         value = request.getfixturevalue(fixtures[method.data_format])
         if method.data_format == "sources":
             return {**value, "cache_dir": str(tmp_path / "cache")}
-        return {"format": method.data_format, "root": str(value), "cache_dir": str(tmp_path / "cache")}
+        return {
+            "format": method.data_format,
+            "root": str(value),
+            "cache_dir": str(tmp_path / "cache"),
+        }
 
     return data
 
@@ -229,7 +270,9 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     host, port = S3_ENDPOINT.rsplit(":", 1)
-    server = ThreadedMotoServer(ip_address=host.removeprefix("http://"), port=int(port), verbose=False)
+    server = ThreadedMotoServer(
+        ip_address=host.removeprefix("http://"), port=int(port), verbose=False
+    )
     server.start()
     yield S3_ENDPOINT
     server.stop()
@@ -257,7 +300,11 @@ class MlflowServer:
     START_S = 600.0
 
     def __init__(self, backend_store_uri: str, artifacts: Path, log: Path, port: int | None = None):
-        self.backend_store_uri, self.artifacts, self.log = backend_store_uri, Path(artifacts), Path(log)
+        self.backend_store_uri, self.artifacts, self.log = (
+            backend_store_uri,
+            Path(artifacts),
+            Path(log),
+        )
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -307,7 +354,9 @@ def mlflow_server(tmp_path_factory, monkeypatch):
     temporary folder), as MLFLOW_TRACKING_URI: a sweep's driver then keeps nothing in its
     directory."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    with MlflowServer(f"sqlite:///{base / 'mlflow.db'}", base / "artifacts", base / "server.log") as server:
+    with MlflowServer(
+        f"sqlite:///{base / 'mlflow.db'}", base / "artifacts", base / "server.log"
+    ) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         yield server.uri
 
