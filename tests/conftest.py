@@ -79,9 +79,7 @@ class PretrainedCache:
             for k, v in pretrained.arch_of(arch).build().state_dict().items()
         }
 
-    def place(
-        self, arch: str, value: str = "imagenet", state: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
+    def place(self, arch: str, value: str = "imagenet", state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         state = self.state(arch) if state is None else state
         source = pretrained.source_of(arch, value)
         assert isinstance(source, pretrained.Source), value
@@ -140,9 +138,7 @@ def synth_ingested(tmp_path_factory):
         key = (format, cases, seed, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
         if key not in roots:
             root = tmp_path_factory.mktemp(f"{format}-{cases}")
-            importlib.import_module(f"raysuite.data.synth.{format}").synth(
-                root, cases=cases, seed=seed, **kwargs
-            )
+            importlib.import_module(f"raysuite.data.synth.{format}").synth(root, cases=cases, seed=seed, **kwargs)
             (root / ".raysuite-complete").write_text("synthetic\n")
             roots[key] = root
         return roots[key]
@@ -209,9 +205,7 @@ def write_spec(tmp_path):
             return path
         text = textwrap.dedent(text)
         if fields:
-            text = text.format(
-                **{"cache": tmp_path / "cache", "storage": tmp_path / "storage", **fields}
-            )
+            text = text.format(**{"cache": tmp_path / "cache", "storage": tmp_path / "storage", **fields})
         path.write_text(text)
         return path
 
@@ -233,11 +227,7 @@ def method_data(request, tmp_path):
         value = request.getfixturevalue(fixtures[method.data_format])
         if method.data_format == "sources":
             return {**value, "cache_dir": str(tmp_path / "cache")}
-        return {
-            "format": method.data_format,
-            "root": str(value),
-            "cache_dir": str(tmp_path / "cache"),
-        }
+        return {"format": method.data_format, "root": str(value), "cache_dir": str(tmp_path / "cache")}
 
     return data
 
@@ -270,9 +260,7 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     host, port = S3_ENDPOINT.rsplit(":", 1)
-    server = ThreadedMotoServer(
-        ip_address=host.removeprefix("http://"), port=int(port), verbose=False
-    )
+    server = ThreadedMotoServer(ip_address=host.removeprefix("http://"), port=int(port), verbose=False)
     server.start()
     yield S3_ENDPOINT
     server.stop()
@@ -300,11 +288,7 @@ class MlflowServer:
     START_S = 600.0
 
     def __init__(self, backend_store_uri: str, artifacts: Path, log: Path, port: int | None = None):
-        self.backend_store_uri, self.artifacts, self.log = (
-            backend_store_uri,
-            Path(artifacts),
-            Path(log),
-        )
+        self.backend_store_uri, self.artifacts, self.log = backend_store_uri, Path(artifacts), Path(log)
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
@@ -354,9 +338,7 @@ def mlflow_server(tmp_path_factory, monkeypatch):
     temporary folder), as MLFLOW_TRACKING_URI: a sweep's driver then keeps nothing in its
     directory."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    with MlflowServer(
-        f"sqlite:///{base / 'mlflow.db'}", base / "artifacts", base / "server.log"
-    ) as server:
+    with MlflowServer(f"sqlite:///{base / 'mlflow.db'}", base / "artifacts", base / "server.log") as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         yield server.uri
 

@@ -16,14 +16,10 @@ from raysuite.train.sharding import shard_loader
 
 
 def _inputs(world_size, rank=0):
-    return StageInputs(
-        cfg=object(), data={}, upstream=None, seed=0, rank=rank, world_size=world_size
-    )
+    return StageInputs(cfg=object(), data={}, upstream=None, seed=0, rank=rank, world_size=world_size)
 
 
-@pytest.mark.parametrize(
-    ("batch", "world", "local"), [(48, 1, 48), (48, 2, 24), (12, 4, 3), (2, 2, 1)]
-)
+@pytest.mark.parametrize(("batch", "world", "local"), [(48, 1, 48), (48, 2, 24), (12, 4, 3), (2, 2, 1)])
 def test_local_batch_splits_the_global_batch(batch, world, local):
     assert _inputs(world).local_batch(batch) == local
 
@@ -63,55 +59,26 @@ def test_even_batches_pass(tmp_path, write_spec):
     [
         ("{}", "stages.crf.batch_size"),  # the base stage (crf: batch_size 47)
         ("{grid: {crf.batch_size: [48, 45]}}", "search.grid.crf.batch_size[1]"),
-        (
-            "{arms: {a: {crf.batch_size: 48}, b: {crf.batch_size: 33}}}",
-            "search.arms.b.crf.batch_size",
-        ),
-        (
-            "{optuna: {n_trials: 2, space: {crf.batch_size: {choice: [16, 9]}}}}",
-            "search.optuna.space.crf.batch_size",
-        ),
-        (
-            "{optuna: {n_trials: 2, space: {crf.batch_size: {randint: [16, 32]}}}}",
-            "search.optuna.space.crf.batch_size",
-        ),
+        ("{arms: {a: {crf.batch_size: 48}, b: {crf.batch_size: 33}}}", "search.arms.b.crf.batch_size"),
+        ("{optuna: {n_trials: 2, space: {crf.batch_size: {choice: [16, 9]}}}}", "search.optuna.space.crf.batch_size"),
+        ("{optuna: {n_trials: 2, space: {crf.batch_size: {randint: [16, 32]}}}}", "search.optuna.space.crf.batch_size"),
     ],
 )
 def test_uneven_batch_is_refused_naming_key_and_world_size(tmp_path, search, key, write_spec):
-    crf = (
-        "crf: {epochs: 1, batch_size: 47}" if search == "{}" else "crf: {epochs: 1, batch_size: 48}"
-    )
-    path = _spec(
-        write_spec, **{"search: {}": f"search: {search}", "crf: {epochs: 1, batch_size: 48}": crf}
-    )
-    with pytest.raises(
-        SpecError,
-        match="is the global batch and must split evenly over workers_per_trial=2 DDP workers",
-    ) as err:
+    crf = "crf: {epochs: 1, batch_size: 47}" if search == "{}" else "crf: {epochs: 1, batch_size: 48}"
+    path = _spec(write_spec, **{"search: {}": f"search: {search}", "crf: {epochs: 1, batch_size: 48}": crf})
+    with pytest.raises(SpecError, match="is the global batch and must split evenly over workers_per_trial=2 DDP workers") as err:
         load_spec(path)
     assert key in str(err.value) and "workers_per_trial=2" in str(err.value)
 
 
 def test_a_base_value_every_configuration_overrides_is_not_checked(tmp_path, write_spec):
-    path = _spec(
-        write_spec,
-        **{
-            "batch_size: 48}\nsearch: {}": "batch_size: 47}\nsearch: {grid: {crf.batch_size: [24, 48]}}"
-        },
-    )
+    path = _spec(write_spec, **{"batch_size: 48}\nsearch: {}": "batch_size: 47}\nsearch: {grid: {crf.batch_size: [24, 48]}}"})
     load_spec(path)
 
 
 def test_one_worker_takes_any_batch(tmp_path, write_spec):
-    load_spec(
-        _spec(
-            write_spec,
-            **{
-                "workers_per_trial: 2": "workers_per_trial: 1",
-                "batch_size: 48}\nsearch": "batch_size: 47}\nsearch",
-            },
-        )
-    )
+    load_spec(_spec(write_spec, **{"workers_per_trial: 2": "workers_per_trial: 1", "batch_size: 48}\nsearch": "batch_size: 47}\nsearch"}))
 
 
 def test_job_stages_run_in_one_worker_and_are_not_checked(tmp_path, write_spec):
@@ -165,21 +132,13 @@ def test_training_loaders_draw_the_per_worker_share(name, method_data, tmp_path)
         torch.save({"model": recipe.model.state_dict()}, tmp_path / stage / STATE_FILE)
         upstreams[stage] = tmp_path / stage
         loader = recipe.train_loader
-        if (name, stage) == (
-            "simclr_detection",
-            "pretrain",
-        ):  # capped by a small pool: 2 per worker at least
+        if (name, stage) == ("simclr_detection", "pretrain"):  # capped by a small pool: 2 per worker at least
             assert 2 <= loader.batch_size <= inputs.cfg.batch_size // 2
         else:
             assert loader.batch_size == inputs.cfg.batch_size // 2, stage
-        sharded = shard_loader(
-            loader, 0, 2, seed=3
-        )  # what RayRuntime.prepare_loader hands the loop
+        sharded = shard_loader(loader, 0, 2, seed=3)  # what RayRuntime.prepare_loader hands the loop
         assert sharded.batch_size == loader.batch_size and len(sharded) > 0
         if (name, stage) == ("iou_simsiam_seg", "pretrain"):  # max_slices_per_epoch: 64 per epoch
             assert len(sharded.sampler) == inputs.cfg.max_slices_per_epoch // 2 == 32
-        if (name, stage) == (
-            "simclr_detection",
-            "finetune",
-        ):  # the repeat-factor sampler shards itself
+        if (name, stage) == ("simclr_detection", "finetune"):  # the repeat-factor sampler shards itself
             assert sharded is loader

@@ -26,38 +26,12 @@ def variant(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("edit", "key"),
     [
-        (
-            lambda c: c["head_setup_commands"].__setitem__(
-                0, "mlflow server --host 0.0.0.0 --port 5000"
-            ),
-            "head_setup_commands[0]",
-        ),
-        (
-            lambda c: c["head_start_ray_commands"].__setitem__(
-                1, "ray start --head --dashboard-host=0.0.0.0"
-            ),
-            "head_start_ray_commands[1]",
-        ),
-        (
-            lambda c: c["setup_commands"].append("export AWS_ACCESS_KEY_ID=AKIAABCDEFGHIJKLMNOP"),
-            "setup_commands[3]",
-        ),
-        (
-            lambda c: c["setup_commands"].append(
-                "export AWS_SECRET_ACCESS_KEY='wJalrXUtnFEMIbPxRfiCY'"
-            ),
-            "setup_commands[3]",
-        ),
-        (
-            lambda c: c["setup_commands"].append(
-                "echo MLFLOW_TRACKING_PASSWORD=hunter2hunter2 >> ~/.env"
-            ),
-            "setup_commands[3]",
-        ),
-        (
-            lambda c: c["provider"].__setitem__("aws_secret_access_key", "wJalrXUtnFEMIbPxRfiCY"),
-            "provider.aws_secret_access_key",
-        ),
+        (lambda c: c["head_setup_commands"].__setitem__(0, "mlflow server --host 0.0.0.0 --port 5000"), "head_setup_commands[0]"),
+        (lambda c: c["head_start_ray_commands"].__setitem__(1, "ray start --head --dashboard-host=0.0.0.0"), "head_start_ray_commands[1]"),
+        (lambda c: c["setup_commands"].append("export AWS_ACCESS_KEY_ID=AKIAABCDEFGHIJKLMNOP"), "setup_commands[3]"),
+        (lambda c: c["setup_commands"].append("export AWS_SECRET_ACCESS_KEY='wJalrXUtnFEMIbPxRfiCY'"), "setup_commands[3]"),
+        (lambda c: c["setup_commands"].append("echo MLFLOW_TRACKING_PASSWORD=hunter2hunter2 >> ~/.env"), "setup_commands[3]"),
+        (lambda c: c["provider"].__setitem__("aws_secret_access_key", "wJalrXUtnFEMIbPxRfiCY"), "provider.aws_secret_access_key"),
     ],
 )
 def test_unsafe_cluster_configs_exit_2_naming_the_key_not_the_secret(tmp_path, capsys, edit, key):
@@ -72,28 +46,21 @@ def test_unsafe_cluster_configs_exit_2_naming_the_key_not_the_secret(tmp_path, c
     "command",
     [
         "export AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY",
-        'export MLFLOW_TRACKING_TOKEN="${MLFLOW_TOKEN}"',
+        "export MLFLOW_TRACKING_TOKEN=\"${MLFLOW_TOKEN}\"",
         "ray start --head --dashboard-host=127.0.0.1 --node-ip-address=10.0.0.0",
     ],
 )
 def test_variables_and_loopback_pass(tmp_path, capsys, command):
-    assert (
-        main(["validate", str(variant(tmp_path, lambda c: c["setup_commands"].append(command)))])
-        == 0
-    )
+    assert main(["validate", str(variant(tmp_path, lambda c: c["setup_commands"].append(command)))]) == 0
 
 
-@pytest.mark.skipif(
-    shutil.which("rsync") is None, reason="rsync is not installed (.ci/run installs it)"
-)
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed (.ci/run installs it)")
 def test_the_file_sync_sends_code_only(tmp_path):
     from ray.autoscaler._private.command_runner import SSHCommandRunner
 
     config = yaml.safe_load(CLUSTER.read_text())
     work = tmp_path / "work"
-    tracked = subprocess.run(
-        ["git", "ls-files"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, check=True).stdout.split()
     for rel in tracked:
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(rel, work / rel)
@@ -102,13 +69,8 @@ def test_the_file_sync_sends_code_only(tmp_path):
     for rel in planted:
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_text("x")
-    options = {
-        "rsync_exclude": config.get("rsync_exclude"),
-        "rsync_filter": config.get("rsync_filter"),
-    }
-    args = SSHCommandRunner._create_rsync_filter_args(
-        None, options
-    )  # what `ray up` passes to rsync
+    options = {"rsync_exclude": config.get("rsync_exclude"), "rsync_filter": config.get("rsync_filter")}
+    args = SSHCommandRunner._create_rsync_filter_args(None, options)  # what `ray up` passes to rsync
     for remote, local in config["file_mounts"].items():
         node = tmp_path / "node" / remote.lstrip("/")
         node.mkdir(parents=True)
@@ -117,10 +79,4 @@ def test_the_file_sync_sends_code_only(tmp_path):
     node = tmp_path / "node" / "home/ubuntu/raysuite"
     arrived = {p.relative_to(node).as_posix() for p in node.rglob("*") if p.is_file()}
     assert not [rel for rel in planted if rel in arrived]
-    assert {
-        "pyproject.toml",
-        "README.md",
-        "raysuite/data/ingest.py",
-        "raysuite/cli.py",
-        "sweeps/quickstart.yaml",
-    } <= arrived
+    assert {"pyproject.toml", "README.md", "raysuite/data/ingest.py", "raysuite/cli.py", "sweeps/quickstart.yaml"} <= arrived

@@ -19,12 +19,7 @@ intervals = st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted).map(tuple)
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    interval=intervals,
-    size=st.integers(8, 64),
-    extra=st.integers(0, 200),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(interval=intervals, size=st.integers(8, 64), extra=st.integers(0, 200), seed=st.integers(0, 2**32 - 1))
 def test_accepted_pairs_lie_in_interval(interval, size, extra, seed):
     pair = sample_pair(size + extra, size + extra // 2, size, interval, np.random.default_rng(seed))
     assert pair.iou == pytest.approx(square_iou(pair.first, pair.second, size))
@@ -62,21 +57,15 @@ def test_high_interval_falls_back_below_the_seed_rate_on_flare22_slices():
     size, side, n = 96, 512, 200_000
     exact = _exact_fallback_rate(side, size, 6912)
     assert exact < 0.005  # seed §4.5: "below 0.5% of all pairs" for [0.6, 1.0]
-    first, second, iou, fallback = sample_pairs(
-        n, side, side, size, (0.6, 1.0), np.random.default_rng(0)
-    )
+    first, second, iou, fallback = sample_pairs(n, side, side, size, (0.6, 1.0), np.random.default_rng(0))
     measured = fallback.mean()
-    assert abs(measured - exact) < 4 * np.sqrt(
-        exact * (1 - exact) / n
-    )  # drawing crop 2 anywhere: 43 %
+    assert abs(measured - exact) < 4 * np.sqrt(exact * (1 - exact) / n)  # drawing crop 2 anywhere: 43 %
     # every accepted pair lies in the interval, IoU recomputed from the corners (eq. 3.1)
     inter = np.prod(np.maximum(size - np.abs(first - second), 0), axis=1)
     recomputed = inter / (2 * size * size - inter)
     assert np.array_equal(recomputed, iou)
     assert ((recomputed >= 0.6) & (recomputed <= 1.0))[~fallback].all()
-    assert (
-        np.abs(first - second) <= size - 1
-    ).all()  # i_min > 0: crop 2 near crop 1, fallbacks too
+    assert (np.abs(first - second) <= size - 1).all()  # i_min > 0: crop 2 near crop 1, fallbacks too
 
 
 def test_seed_intervals_with_overlap_never_fall_back_on_flare22_slices():
@@ -89,9 +78,7 @@ def test_seed_intervals_with_overlap_never_fall_back_on_flare22_slices():
 def test_zero_lower_bound_draws_crop_two_anywhere():
     # [0, 0] needs disjoint crops; [0, 0.5] must still reach IoU 0 (crop 2 beyond 95 px)
     for interval in [(0.0, 0.0), (0.0, 0.5)]:
-        first, second, iou, fallback = sample_pairs(
-            2000, 512, 512, 96, interval, np.random.default_rng(3)
-        )
+        first, second, iou, fallback = sample_pairs(2000, 512, 512, 96, interval, np.random.default_rng(3))
         assert fallback.mean() < 0.005  # seed §4.5 for [0, 0]
         assert (iou == 0).any() and (np.abs(first - second).max(1) > 2 * 95).any()
 
@@ -110,9 +97,7 @@ def test_zero_lower_bound_draws_crop_two_anywhere():
 def test_decimal_bounds_are_inclusive_exactly(side, interval, offset):
     size = side
     assert square_iou((0, 0), (0, offset), size) in interval  # the float IoU equals the bound
-    first, second, iou, fallback = sample_pairs(
-        500, size, size + offset, size, interval, np.random.default_rng(4)
-    )
+    first, second, iou, fallback = sample_pairs(500, size, size + offset, size, interval, np.random.default_rng(4))
     assert (~fallback).sum() > 100  # float(0.6) < 3/5 and float(0.1) > 1/10 would reject them all
     assert (np.abs(first - second)[~fallback] == [0, offset]).all()
     assert (iou[~fallback] == square_iou((0, 0), (0, offset), size)).all()
@@ -130,9 +115,7 @@ def test_too_small_image_is_refused():
 
 
 def test_batched_pairs_respect_interval_and_bounds():
-    first, second, iou, fallback = sample_pairs(
-        500, 300, 200, 96, (0.3, 0.6), np.random.default_rng(0)
-    )
+    first, second, iou, fallback = sample_pairs(500, 300, 200, 96, (0.3, 0.6), np.random.default_rng(0))
     assert first.shape == second.shape == (500, 2)
     for a, b, value in zip(first, second, iou, strict=True):
         assert value == pytest.approx(square_iou(tuple(a), tuple(b), 96))
@@ -142,7 +125,5 @@ def test_batched_pairs_respect_interval_and_bounds():
 
 def test_random_pairs_are_plain_cropping():
     first, second = sample_random_pairs(1000, 200, 200, 96, np.random.default_rng(0))
-    ious = np.array(
-        [square_iou(tuple(a), tuple(b), 96) for a, b in zip(first, second, strict=True)]
-    )
+    ious = np.array([square_iou(tuple(a), tuple(b), 96) for a, b in zip(first, second, strict=True)])
     assert (ious == 0).any() and (ious > 0.6).any()  # the whole range, unconstrained

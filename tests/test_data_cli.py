@@ -26,9 +26,7 @@ def test_synth_then_ingest_exits_0_and_counts_add_up(fmt, tmp_path, capsys):
     assert main(["data", "synth", fmt, str(root), "--cases", "3", "--seed", "1"]) == 0
     assert main(["data", "ingest", fmt, str(root), str(out), "--workers", "2"]) == 0
     printed = capsys.readouterr()
-    found, ingested, failed = map(
-        int, re.search(r"found (\d+)  ingested (\d+)  failed (\d+)", printed.out).groups()
-    )
+    found, ingested, failed = map(int, re.search(r"found (\d+)  ingested (\d+)  failed (\d+)", printed.out).groups())
     assert found == ingested + failed and ingested > 0 and failed == 0
     df, meta = manifest.read(out)
     assert len(df) == ingested and meta["format"] == fmt
@@ -38,16 +36,8 @@ def test_synth_then_ingest_exits_0_and_counts_add_up(fmt, tmp_path, capsys):
         assert secrets, "synthetic DICOMs should carry a made-up identity"
     import pandas as pd
 
-    decoded = (
-        df.to_csv()
-        + pd.read_parquet(errors_path(out)).to_csv()
-        + str(meta)
-        + printed.out
-        + printed.err
-    )
-    written = (
-        out.read_bytes() + errors_path(out).read_bytes()
-    )  # compressed pages, but literals survive
+    decoded = df.to_csv() + pd.read_parquet(errors_path(out)).to_csv() + str(meta) + printed.out + printed.err
+    written = out.read_bytes() + errors_path(out).read_bytes()  # compressed pages, but literals survive
     for value in secrets:
         assert value not in decoded and value.encode() not in written, value
 
@@ -55,12 +45,7 @@ def test_synth_then_ingest_exits_0_and_counts_add_up(fmt, tmp_path, capsys):
 def test_prepare_synthesises_once_then_reads_the_manifest(tmp_path):
     from raysuite.data.datasets import manifest_path, prepare
 
-    data = {
-        "format": "mura",
-        "root": str(tmp_path / "mura"),
-        "cache_dir": str(tmp_path / "cache"),
-        "synthetic_cases": 3,
-    }
+    data = {"format": "mura", "root": str(tmp_path / "mura"), "cache_dir": str(tmp_path / "cache"), "synthetic_cases": 3}
     with pytest.raises(FileNotFoundError, match="synthetic_if_missing"):
         prepare(data, lambda root: True, default_cases=3)
     data["synthetic_if_missing"] = True
@@ -80,9 +65,7 @@ def test_prepare_synthesises_once_then_reads_the_manifest(tmp_path):
      (["--split", "0.5,0.5,0.5"], "--split"), (["--split", "-0.2,0.6,0.6"], "--split"),
      (["--folds", "1"], "--folds")],
 )  # fmt: skip
-def test_a_bad_split_exits_2_naming_the_option_before_any_file_is_read(
-    options, key, tmp_path, capsys, monkeypatch
-):
+def test_a_bad_split_exits_2_naming_the_option_before_any_file_is_read(options, key, tmp_path, capsys, monkeypatch):
     from raysuite.data import datasets
 
     def no_ingest(name):
@@ -100,9 +83,7 @@ def test_synth_refuses_a_non_positive_case_count(cases, tmp_path, capsys):
     assert "--cases" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
-def test_a_malformed_salt_exits_2_before_reading_and_names_its_source(
-    tmp_path, capsys, monkeypatch
-):
+def test_a_malformed_salt_exits_2_before_reading_and_names_its_source(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAYSUITE_SALT", "hex:zz")
     root, out = tmp_path / "data", tmp_path / "m.parquet"
     assert main(["data", "synth", "mura", str(root), "--cases", "2"]) == 0

@@ -34,9 +34,7 @@ def test_a_seed_gives_the_same_order_on_rerun():
 
 
 def test_seed_reaches_a_single_worker_too():
-    assert _order(_sharded(0, world=1, rank=0, shuffle=True)) != _order(
-        _sharded(1, world=1, rank=0, shuffle=True)
-    )
+    assert _order(_sharded(0, world=1, rank=0, shuffle=True)) != _order(_sharded(1, world=1, rank=0, shuffle=True))
 
 
 def test_set_epoch_changes_the_order():
@@ -57,17 +55,13 @@ def test_capped_random_sampler_keeps_its_cap_split_per_rank():
     shards = []
     for rank in range(world):
         dataset = _dataset()
-        loader = DataLoader(
-            dataset, batch_size=3, sampler=RandomSampler(dataset, num_samples=cap), drop_last=True
-        )
+        loader = DataLoader(dataset, batch_size=3, sampler=RandomSampler(dataset, num_samples=cap), drop_last=True)
         sharded = shard_loader(loader, rank, world, seed=11)
         sharded.sampler.set_epoch(1)
         assert len(sharded.sampler) == cap // world and len(sharded) == cap // world // 3
         shards.append(_order(sharded))
     assert all(len(s) == cap // world for s in shards)
-    assert (
-        len(set(shards[0]) | set(shards[1])) == cap
-    )  # distinct items, as RandomSampler draws them
+    assert len(set(shards[0]) | set(shards[1])) == cap  # distinct items, as RandomSampler draws them
 
 
 def test_cap_above_the_dataset_and_replacement_follow_random_sampler():
@@ -89,10 +83,7 @@ def test_rebuilt_loader_keeps_its_settings():
     loader = DataLoader(_dataset(), batch_size=6, shuffle=True, num_workers=1, collate_fn=collate,
                         drop_last=True, pin_memory=True, persistent_workers=True, prefetch_factor=3)  # fmt: skip
     out = shard_loader(loader, 1, 2, seed=0)
-    assert isinstance(out.sampler, ShardedSampler) and (
-        out.sampler.rank,
-        out.sampler.world_size,
-    ) == (1, 2)
+    assert isinstance(out.sampler, ShardedSampler) and (out.sampler.rank, out.sampler.world_size) == (1, 2)
     assert out.batch_size == 6 and out.collate_fn is collate and out.num_workers == 1
     assert out.drop_last and out.pin_memory and out.persistent_workers and out.prefetch_factor == 3
 

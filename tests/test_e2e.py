@@ -2,6 +2,7 @@
 temporary MLflow sqlite store, a worker failure retried from its checkpoint into the same
 run, and --resume of an interrupted sweep. Few and small: each TorchTrainer costs ~20 s."""
 
+
 import pytest
 
 from raysuite.spec import load_spec, smoke
@@ -67,9 +68,7 @@ def test_resume_interrupted_sweep(ray_session, mlflow_uri, tmp_path, flare_root,
     first = run_sweep(spec)
     assert first.failed  # seed 1 died with no retries left: the sweep is interrupted
     client = track.client(mlflow_uri)
-    by_seed = {
-        r.data.tags["raysuite.repeat"]: r for r in track.children(client, first.parent_run_id)
-    }
+    by_seed = {r.data.tags["raysuite.repeat"]: r for r in track.children(client, first.parent_run_id)}
     assert by_seed['{"finetune.seed": 1}'].info.status == "FAILED"
     done = by_seed['{"finetune.seed": 0}']
     assert done.info.status == "FINISHED"
@@ -86,7 +85,4 @@ def test_resume_interrupted_sweep(ray_session, mlflow_uri, tmp_path, flare_root,
 def test_smoke_shrinks_the_seed_design():
     spec = smoke(load_spec("sweeps/iou_intervals.yaml"))
     assert spec.tiny and spec.data.synthetic_if_missing and spec.resources.gpus_per_worker == 0
-    assert len(spec.search.grid["pretrain.iou_interval"]) == 6 and spec.search.repeats == {
-        "pretrain.seed": 2,
-        "finetune.seed": 2,
-    }
+    assert len(spec.search.grid["pretrain.iou_interval"]) == 6 and spec.search.repeats == {"pretrain.seed": 2, "finetune.seed": 2}

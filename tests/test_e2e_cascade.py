@@ -78,9 +78,7 @@ def test_cascade_vs_baseline_then_posthoc_only_change_trains_nothing(
     for run in runs:
         tags = run.data.tags
         assert tags["raysuite.weights.segmenter.weights"] == stored.name
-        assert tags.get("raysuite.weights.classifier.weights") == (
-            stored.name if tags["raysuite.config"] == "one_case" else None
-        )
+        assert tags.get("raysuite.weights.classifier.weights") == (stored.name if tags["raysuite.config"] == "one_case" else None)
     parent = client.get_run(first.parent_run_id)
     assert DEPARTURES in {a.path for a in client.list_artifacts(first.parent_run_id)}
     departures = Path(client.download_artifacts(first.parent_run_id, DEPARTURES)).read_text()

@@ -63,27 +63,15 @@ def test_label_fraction_sweep_leaks_no_identity_nor_salt(tmp_path, vindr_root):
     salt_file = tmp_path / "secret" / "salt"  # outside every folder searched below
     salt_file.parent.mkdir()
     salt_file.write_bytes(salt)
-    spellings = [
-        salt,
-        salt.hex().encode(),
-        salt.hex().upper().encode(),
-        base64.b64encode(salt),
-        repr(salt).encode(),
-    ]
+    spellings = [salt, salt.hex().encode(), salt.hex().upper().encode(), base64.b64encode(salt), repr(salt).encode()]
 
     work = tmp_path / "work"  # the sweep's cwd: MLflow's artifacts land under it
     work.mkdir()
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RAYSUITE_SALT", "RAY_ADDRESS"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYSUITE_SALT", "RAY_ADDRESS"))}
     env.update(MLFLOW_TRACKING_URI=uri, RAYSUITE_SALT_FILE=str(salt_file))
     spec_path = work / "spec.yaml"
-    spec_path.write_text(
-        textwrap.dedent(
-            SPEC.format(root=vindr_root, cache=work / "cache", storage=work / "storage")
-        )
-    )
+    spec_path.write_text(textwrap.dedent(SPEC.format(root=vindr_root, cache=work / "cache", storage=work / "storage")))
     before = _ray_sessions()
     raysuite = Path(sys.executable).with_name("raysuite")
     proc = subprocess.run([str(raysuite), "sweep", str(spec_path), "--address", "local"], cwd=work, env=env,
@@ -98,23 +86,17 @@ def test_label_fraction_sweep_leaks_no_identity_nor_salt(tmp_path, vindr_root):
     for run in runs:
         assert [s for s, _ in track.metric_history(client, run.info.run_id, "val/map40")] == [1, 2]
         assert "test/map40" in run.data.metrics
-    assert (
-        client.get_run(parent).data.metrics["stage_cache/pretrain_trainings"] == 1
-    )  # fraction 0 pretrains nothing
+    assert client.get_run(parent).data.metrics["stage_cache/pretrain_trainings"] == 1  # fraction 0 pretrains nothing
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"label_fraction_curve.png", "summary.csv"} <= artifacts
 
     sessions = _ray_sessions() - before
     assert len(sessions) == 1, sessions  # the sweep's own Ray, logs and all
-    files = _files(
-        work, *sessions
-    )  # storage, manifests, shard cache, mlflow.db, artifacts, Ray session
+    files = _files(work, *sessions)  # storage, manifests, shard cache, mlflow.db, artifacts, Ray session
     assert any(p.suffix == ".log" for p in files) and any(p.name == "mlflow.db" for p in files)
     # Ray did log the workers' runtime env (the salt file's path, not the salt): a salt sent
     # that way, as it once was, would be found below
-    assert any(
-        b"RAYSUITE_SALT_FILE" in p.read_bytes() for p in files if p.name == "runtime_env_agent.log"
-    )
+    assert any(b"RAYSUITE_SALT_FILE" in p.read_bytes() for p in files if p.name == "runtime_env_agent.log")
     assert files_holding({v.encode() for v in identity}, files) == {}
     assert sorted(files_holding(set(spellings), files)) == [], "the salt found in these files"
     for value in identity:

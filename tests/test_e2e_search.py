@@ -2,6 +2,7 @@
 whole configurations, Optuna beside the grid arms), and a diverged trial that fails once,
 without retries."""
 
+
 import pytest
 
 from raysuite.spec import load_spec, smoke
@@ -10,9 +11,7 @@ from raysuite.track import mlflow_runs as track
 pytestmark = pytest.mark.e2e
 
 
-def test_one_case_search_smoke_runs_every_stage_of_surviving_trials(
-    ray_session, mlflow_uri, tmp_path, monkeypatch
-):
+def test_one_case_search_smoke_runs_every_stage_of_surviving_trials(ray_session, mlflow_uri, tmp_path, monkeypatch):
     from raysuite.tune.sweep import run_sweep
 
     monkeypatch.setenv("RAYSUITE_DATA", str(tmp_path / "data"))
@@ -42,9 +41,7 @@ def test_one_case_search_smoke_runs_every_stage_of_surviving_trials(
         by_config.setdefault(run.data.tags["raysuite.config_id"], set()).add(run.info.status)
     assert all(len(s) == 1 for s in by_config.values()), by_config  # repeats decided together
     summary = outcome.summary
-    assert set(summary.n) <= {0, 2} and summary.pruned.sum() == sum(
-        r.info.status == "KILLED" for r in runs
-    )
+    assert set(summary.n) <= {0, 2} and summary.pruned.sum() == sum(r.info.status == "KILLED" for r in runs)
 
 
 SPEC = """
@@ -64,9 +61,7 @@ faults: {{stage: finetune, diverge_at_epoch: 2}}
 """
 
 
-def test_a_diverged_trial_fails_once_without_retries(
-    ray_session, mlflow_uri, tmp_path, flare_root, write_spec
-):
+def test_a_diverged_trial_fails_once_without_retries(ray_session, mlflow_uri, tmp_path, flare_root, write_spec):
     from raysuite.tune.sweep import run_sweep
 
     path = write_spec(SPEC, root=flare_root, storage=tmp_path / "s")
@@ -75,8 +70,6 @@ def test_a_diverged_trial_fails_once_without_retries(
     (run,) = track.children(client, outcome.parent_run_id)
     assert run.info.status == "FAILED" and run.data.tags[track.FAILURE] == "diverged"
     drills = list((tmp_path / "s" / "faults").glob("*.diverged"))
-    assert (
-        len(drills) == 1 and drills[0].read_text().count("diverged at epoch 2") == 1
-    )  # one attempt
+    assert len(drills) == 1 and drills[0].read_text().count("diverged at epoch 2") == 1  # one attempt
     assert [s for s, _ in track.metric_history(client, run.info.run_id, "finetune/loss")] == [1]
     assert outcome.summary.empty or outcome.summary.n.sum() == 0

@@ -26,11 +26,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder ``pip install --target`` put the example's package and metadata in."""
     tmp = tmp_path_factory.mktemp("example")
     src = tmp / "src"
-    shutil.copytree(
-        EXAMPLE,
-        src,
-        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"),
-    )
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     site = tmp / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(src)],
@@ -51,35 +47,20 @@ def _tail(text: str | bytes | None) -> str:
     return text[-3000:]
 
 
-def _run(
-    args: list[str], site: Path, cwd: Path, timeout: float, **extra: str
-) -> subprocess.CompletedProcess:
+def _run(args: list[str], site: Path, cwd: Path, timeout: float, **extra: str) -> subprocess.CompletedProcess:
     """``args`` with ``site`` on PYTHONPATH; a non-zero exit (or a hang past ``timeout``, a
     guard, not a measurement) fails with the ends of its output."""
     try:
-        out = subprocess.run(
-            args, cwd=cwd, env=_env(site, **extra), capture_output=True, text=True, timeout=timeout
-        )
+        out = subprocess.run(args, cwd=cwd, env=_env(site, **extra), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
-        pytest.fail(
-            f"{args[:3]} still running after {timeout} s\n{_tail(err.stdout)}\n{_tail(err.stderr)}"
-        )
-    assert out.returncode == 0, (
-        f"{args[:3]} exited {out.returncode}\n{_tail(out.stdout)}\n{_tail(out.stderr)}"
-    )
+        pytest.fail(f"{args[:3]} still running after {timeout} s\n{_tail(err.stdout)}\n{_tail(err.stderr)}")
+    assert out.returncode == 0, f"{args[:3]} exited {out.returncode}\n{_tail(out.stdout)}\n{_tail(out.stderr)}"
     return out
 
 
 def test_raysuite_methods_lists_the_entry_point(installed, tmp_path):
-    where = _run(
-        [sys.executable, "-c", "import flare_unet.method as m; print(m.__file__)"],
-        installed,
-        tmp_path,
-        120,
-    )
-    assert Path(where.stdout.strip()).is_relative_to(
-        installed
-    )  # the installed copy, not the source
+    where = _run([sys.executable, "-c", "import flare_unet.method as m; print(m.__file__)"], installed, tmp_path, 120)
+    assert Path(where.stdout.strip()).is_relative_to(installed)  # the installed copy, not the source
     listing = _run([str(RAYSUITE), "methods"], installed, tmp_path, 300).stdout
     entry = re.search(r"^flare_unet\b.*$", listing, re.M)
     assert entry is not None, listing
@@ -99,9 +80,7 @@ def test_the_examples_own_tests_pass_installed(installed, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(
-    1500
-)  # two TorchTrainers: ~2 min on an idle 2-core machine, far more on a busy one
+@pytest.mark.timeout(1500)  # two TorchTrainers: ~2 min on an idle 2-core machine, far more on a busy one
 def test_smoke_sweep_of_the_loss_weights(installed, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = _run(

@@ -37,20 +37,12 @@ def test_ingest_records_broken_cases(flare_root, tmp_path):
     blob = (labelled / "images" / "FLARE22_Tr_0001_0000.nii.gz").read_bytes()
     (labelled / "images" / "FLARE22_Tr_0001_0000.nii.gz").write_bytes(blob[: len(blob) // 3])
     label = nib.load(str(labelled / "labels" / "FLARE22_Tr_0002.nii.gz"))
-    nib.save(
-        nib.Nifti1Image(np.asarray(label.dataobj)[:-2], label.affine),
-        str(labelled / "labels" / "FLARE22_Tr_0002.nii.gz"),
-    )
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:-2], label.affine), str(labelled / "labels" / "FLARE22_Tr_0002.nii.gz"))
     nan = np.zeros((8, 8, 4), np.float32)
     nan[2, 2, 2] = np.nan
-    nib.save(
-        nib.Nifti1Image(nan, np.eye(4)), str(labelled / "images" / "FLARE22_Tr_0003_0000.nii.gz")
-    )
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(labelled / "images" / "FLARE22_Tr_0003_0000.nii.gz"))
     four_d = np.zeros((8, 8, 4, 2), np.int16)
-    nib.save(
-        nib.Nifti1Image(four_d, np.eye(4)),
-        str(next(root.glob("FLARE22_Unlabeled*")) / "Case_00001_0000.nii.gz"),
-    )
+    nib.save(nib.Nifti1Image(four_d, np.eye(4)), str(next(root.glob("FLARE22_Unlabeled*")) / "Case_00001_0000.nii.gz"))
     out = tmp_path / "m.parquet"
     counts = run_ingest("flare22", root, out, workers=2)
     assert counts["found"] == 10 == counts["ingested"] + counts["failed"]
@@ -62,11 +54,7 @@ def test_ingest_records_broken_cases(flare_root, tmp_path):
         "Case_00001": "needs_volume_index",
     }
     df, _ = manifest.read(out)
-    assert len(df) == 6 and not set(df.sample_id) & {
-        "FLARE22_Tr_0001",
-        "FLARE22_Tr_0002",
-        "FLARE22_Tr_0003",
-    }
+    assert len(df) == 6 and not set(df.sample_id) & {"FLARE22_Tr_0001", "FLARE22_Tr_0002", "FLARE22_Tr_0003"}
 
 
 def test_nifti_is_ct_in_hu_with_spacing(flare_root):

@@ -205,9 +205,7 @@ def test_rle_rejects_malformed(encoding, message):
 
 def test_rle_overrun_is_a_distinct_error():
     assert rle.decode("0 16", 4, 4).all()
-    with pytest.raises(
-        rle.RLEOverrunError, match="runs end at pixel 17, past the 4x4 image"
-    ) as info:
+    with pytest.raises(rle.RLEOverrunError, match="runs end at pixel 17, past the 4x4 image") as info:
         rle.decode("0 17", 4, 4)
     assert info.value.needed == 17 and (info.value.height, info.value.width) == (4, 4)
 

@@ -572,18 +572,12 @@ def test_root_that_is_not_the_layout(tmp_path):
     only_csv = tmp_path / "only_csv"
     only_csv.mkdir()
     (only_csv / "train.csv").write_text(",".join(vd.KAGGLE_COLUMNS) + "\n")
-    with pytest.raises(
-        LayoutError,
-        match=r"only_csv/train: image folder missing \(train\.csv names its DICOMs there\)",
-    ) as err:
+    with pytest.raises(LayoutError, match=r"only_csv/train: image folder missing \(train\.csv names its DICOMs there\)") as err:
         run_ingest("vindr_cxr", only_csv, tmp_path / "m.parquet")
     assert err.value.path == str(only_csv / "train")
     root = tmp_path / "phys"
     synth_vindr_cxr(root, cases=1, seed=4, layout="physionet")
     (root / "annotations" / "annotations_test.csv").write_text(",".join(vd.TEST_COLUMNS) + "\n")
-    with pytest.raises(
-        LayoutError,
-        match=r"phys/test: image folder missing \(annotations_test\.csv names its DICOMs there\)",
-    ) as err:
+    with pytest.raises(LayoutError, match=r"phys/test: image folder missing \(annotations_test\.csv names its DICOMs there\)") as err:
         run_ingest("vindr_cxr", root, tmp_path / "m.parquet")
     assert err.value.path == str(root / "test")

@@ -283,9 +283,7 @@ def test_random_affine_identity_flip_and_shift():
         def random(self):
             return 1.0
 
-    shifted = transfer_tasks.random_affine(
-        image, Shift(), (1.0, 1.0), 0.0, shift_px=(1.0, 2.0), flips=False
-    )
+    shifted = transfer_tasks.random_affine(image, Shift(), (1.0, 1.0), 0.0, shift_px=(1.0, 2.0), flips=False)
     assert torch.allclose(
         shifted[0, 1:, 2:], image[0, :-1, :-2], atol=1e-4
     )  # content moves down 1, right 2
@@ -301,9 +299,7 @@ def test_luna_folds_hold_out_subset_pairs_and_keep_a_tenth_of_negatives(genesis_
     labels = transfer_tasks.task_labels(df, "luna16")
     kept = pd.concat([train, val])
     assert transfer_tasks.task_labels(kept, "luna16").sum() == labels.sum()
-    assert (1 - transfer_tasks.task_labels(kept, "luna16")).sum() == pytest.approx(
-        0.1 * (1 - labels).sum(), abs=10
-    )
+    assert (1 - transfer_tasks.task_labels(kept, "luna16")).sum() == pytest.approx(0.1 * (1 - labels).sum(), abs=10)
 
 
 def test_mura_keeps_one_body_part_on_its_own_split(genesis_sources, tmp_path):
@@ -435,9 +431,7 @@ def test_val_fraction_carves_a_validation_part_by_patient_and_drives_the_plateau
     patients = rows.set_index("sample_id").patient_key
     assert not set(patients[train.ids]) & set(patients[part.ids])
     assert not set(part.ids) & set(held.ids)  # the held-out fold stays whole
-    clean, held_again, none = transfer_tasks.task_datasets(
-        data, 1, gc.FinetuneConfig(image_size=64)
-    )
+    clean, held_again, none = transfer_tasks.task_datasets(data, 1, gc.FinetuneConfig(image_size=64))
     assert none is None and held_again.ids == held.ids
     assert sorted(clean.ids) == sorted(train.ids + part.ids)
     share = len(part.ids) / (len(part.ids) + len(train.ids))
@@ -459,9 +453,7 @@ def test_val_fraction_carves_a_validation_part_by_patient_and_drives_the_plateau
 def test_luna_patches_lie_on_the_configured_planes(genesis_sources, tmp_path):
     """Training draws each candidate's plane per epoch; evaluation keeps one per candidate."""
     data = {**genesis_sources["sources"]["luna"], "cache_dir": str(tmp_path / "cache")}
-    train, held, _ = transfer_tasks.task_datasets(
-        data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8)
-    )
+    train, held, _ = transfer_tasks.task_datasets(data, 0, gc.FinetuneConfig(image_size=64, max_train_images=8))
     assert [c.ids == train.caches[0].ids for c in train.caches] == [True] * 3
     i = 0
     views = [train.caches[p][train.ids[i]] for p in range(3)]

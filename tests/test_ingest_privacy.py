@@ -64,9 +64,7 @@ def _truncated(path: Path, keep: int) -> Path:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAYSUITE_SALT": os.environ["RAYSUITE_SALT"]}
-    return subprocess.run(
-        [str(RAYSUITE), *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    return subprocess.run([str(RAYSUITE), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +155,7 @@ def test_every_bad_file_is_an_error_row_and_the_counts_add_up(collection, ingest
     root, _, expected, good = collection
     out, result = ingested
     assert result.returncode == 0, result.stderr
-    found, n_in, n_failed = (
-        int(result.stdout.split(word)[1].split()[0]) for word in ("found", "ingested", "failed")
-    )
+    found, n_in, n_failed = (int(result.stdout.split(word)[1].split()[0]) for word in ("found", "ingested", "failed"))
     errors = pd.read_parquet(errors_path(out))
     df, _ = manifest.read(out)
     assert found == n_in + n_failed == len(df) + len(errors)
@@ -222,18 +218,11 @@ def test_name_matched_formats_fail_duplicates_instead_of_dropping_them(tmp_path)
     (roots["luna"] / "subset9").mkdir(exist_ok=True)
     for part in (scan, scan.with_suffix(".raw")):
         shutil.copy(part, roots["luna"] / "subset9" / part.name)
-    for fmt, name in (
-        ("vindr_cxr", "vindr"),
-        ("chestxray14", "cx"),
-        ("flare22", "flare"),
-        ("luna16", "luna"),
-    ):
+    for fmt, name in (("vindr_cxr", "vindr"), ("chestxray14", "cx"), ("flare22", "flare"), ("luna16", "luna")):
         out = tmp_path / f"{name}.parquet"
         result = _run("data", "ingest", fmt, str(roots[name]), str(out), "--workers", "1")
         assert result.returncode == 0, result.stderr
         errors = pd.read_parquet(errors_path(out))
         assert errors.reason.tolist() == ["duplicate_image"], (fmt, errors)
-        found, n_in, n_failed = (
-            int(result.stdout.split(w)[1].split()[0]) for w in ("found", "ingested", "failed")
-        )
+        found, n_in, n_failed = (int(result.stdout.split(w)[1].split()[0]) for w in ("found", "ingested", "failed"))
         assert found == n_in + n_failed and n_failed == 1

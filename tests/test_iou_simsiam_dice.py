@@ -47,7 +47,5 @@ def test_score_keys_on_two_cases():
 
 def test_slice_with_no_scored_class_is_left_out():
     nan = float("nan")
-    assert slice_mean_dice(
-        torch.tensor([[0.5, 1.0], [nan, nan]], dtype=torch.float64)
-    ) == pytest.approx(0.75)
+    assert slice_mean_dice(torch.tensor([[0.5, 1.0], [nan, nan]], dtype=torch.float64)) == pytest.approx(0.75)
     assert math.isnan(slice_mean_dice(torch.full((2, 3), nan, dtype=torch.float64)))

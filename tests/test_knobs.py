@@ -61,12 +61,8 @@ def test_grid_search_min_mode():
 
 
 def test_search_posthoc_is_the_grid_outside_a_sweep():
-    assert search_posthoc(Toy(), TOY, "score", "max", None, 0) == grid_search(
-        Toy(), TOY, "score", "max"
-    )
-    with pytest.raises(
-        ValueError, match=r"Optuna post-hoc search \(n_trials=5\) runs only with the sweep"
-    ):
+    assert search_posthoc(Toy(), TOY, "score", "max", None, 0) == grid_search(Toy(), TOY, "score", "max")
+    with pytest.raises(ValueError, match=r"Optuna post-hoc search \(n_trials=5\) runs only with the sweep"):
         search_posthoc(Toy(), TOY, "score", "max", 5, 0)
 
 
@@ -153,21 +149,15 @@ def test_optuna_min_mode_and_log_ranges():
     def loss(lr: float) -> dict[str, float]:
         return {"loss": (math.log10(lr) + 2.5) ** 2}  # minimum at lr = 10**-2.5
 
-    rows = optuna_search(
-        loss, {"lr": FloatRange(1e-5, 1e-1, log=True)}, "loss", "min", n_trials=40, seed=0
-    )
+    rows = optuna_search(loss, {"lr": FloatRange(1e-5, 1e-1, log=True)}, "loss", "min", n_trials=40, seed=0)
     assert [r["loss"] for r in rows] == sorted(r["loss"] for r in rows)
     assert rows[0]["loss"] < 0.05
     lrs = [r["lr"] for r in rows]
-    assert (
-        all(1e-5 <= lr <= 1e-1 for lr in lrs) and min(lrs) < 1e-4
-    )  # log space reaches the decades
+    assert all(1e-5 <= lr <= 1e-1 for lr in lrs) and min(lrs) < 1e-4  # log space reaches the decades
 
 
 def test_dispatcher_is_the_grid_without_trials_and_optuna_with():
     assert search(Toy(), TOY, "score", "max", None, 0) == grid_search(Toy(), TOY, "score", "max")
-    assert search(quadratic, QUAD, "q", "max", 12, 3) == optuna_search(
-        quadratic, QUAD, "q", "max", 12, 3
-    )
+    assert search(quadratic, QUAD, "q", "max", 12, 3) == optuna_search(quadratic, QUAD, "q", "max", 12, 3)
     with pytest.raises(ValueError, match=r"Choice knobs only; \['x', 'n'\] are ranges"):
         search(quadratic, QUAD, "q", "max", None, 0)

@@ -58,9 +58,7 @@ def floor_of(module: str) -> int | None:
     best: tuple[int, int] | None = None
     for floor, prefixes in enumerate(FLOORS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (
-                best is None or len(prefix) > best[1]
-            ):
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
                 best = (floor, len(prefix))
     return None if best is None else best[0]
 
@@ -82,14 +80,8 @@ def imported(source: str, module: str, is_package: bool = False) -> list[tuple[s
                 target = node.module or ""
             out.append((target, node.lineno))
             # ``from raysuite.methods import nn``: an imported name may be a module
-            out += [
-                (f"{target}.{a.name}", node.lineno)
-                for a in node.names
-                if _is_module(f"{target}.{a.name}")
-            ]
-    return [
-        (name, line) for name, line in out if name == "raysuite" or name.startswith("raysuite.")
-    ]
+            out += [(f"{target}.{a.name}", node.lineno) for a in node.names if _is_module(f"{target}.{a.name}")]
+    return [(name, line) for name, line in out if name == "raysuite" or name.startswith("raysuite.")]
 
 
 def _is_module(name: str) -> bool:
@@ -122,9 +114,7 @@ def test_no_import_runs_up_a_floor():
             if own is None and target not in PACKAGES:
                 upward.append(f"{module} (a bare package) imports {target} (line {line})")
             elif theirs is not None and own is not None and theirs > own:
-                upward.append(
-                    f"{module} (floor {own}) imports {target} (floor {theirs}, line {line})"
-                )
+                upward.append(f"{module} (floor {own}) imports {target} (floor {theirs}, line {line})")
     assert not upward, "imports running up a floor:\n" + "\n".join(upward)
 
 
@@ -175,9 +165,7 @@ def test_formats_never_import_their_synthetic_writers():
     found = [
         f"{module_name(path)} imports {target} (line {line})"
         for path in sorted((ROOT / "data" / "formats").rglob("*.py"))
-        for target, line in imported(
-            path.read_text(), module_name(path), path.name == "__init__.py"
-        )
+        for target, line in imported(path.read_text(), module_name(path), path.name == "__init__.py")
         if target.startswith("raysuite.data.synth")
     ]
     assert not found, "\n".join(found)

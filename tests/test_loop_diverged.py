@@ -51,9 +51,7 @@ def _recipe(bad_step: int | None, value: float = math.nan, epochs: int = 3) -> R
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_loss_raises_diverged_naming_stage_epoch_step(value):
     runtime = LocalRuntime(device="cpu")
-    with pytest.raises(
-        Diverged, match="train: non-finite loss (nan|inf) at epoch 2 step 2"
-    ) as info:
+    with pytest.raises(Diverged, match="train: non-finite loss (nan|inf) at epoch 2 step 2") as info:
         fit(_recipe(bad_step=6, value=value), runtime)  # epoch 2 (1-based), its step 2 (0-based)
     err = info.value
     assert isinstance(err, FloatingPointError)
@@ -111,13 +109,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
             fit(_recipe(bad_step=3 if rank == 1 else None), runtime)
             result = None
         except Diverged as err:
-            result = (
-                err.stage,
-                err.epoch,
-                err.step,
-                str(err),
-                [r["train/epoch"] for r in runtime.reports],
-            )
+            result = (err.stage, err.epoch, err.step, str(err), [r["train/epoch"] for r in runtime.reports])
         (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -13,13 +13,7 @@ from raysuite.methods.base import ARTIFACT, StageInputs
 from raysuite.train.loop import STATE_FILE, fit, seed_everything
 from raysuite.train.runtime import LocalRuntime
 
-BUILTINS = (
-    "genesis_cls",
-    "iou_simsiam_seg",
-    "one_case_cascade",
-    "simclr_detection",
-    "weak_localization",
-)
+BUILTINS = ("genesis_cls", "iou_simsiam_seg", "one_case_cascade", "simclr_detection", "weak_localization")
 
 
 def _inputs(method, stage, root, tmp_path, upstreams=None, **extra):
@@ -89,9 +83,7 @@ def _check_groups(name, stage, model, before):
             assert all(not params[k].requires_grad and params[k].grad is None for k in keys), where
             assert all(torch.equal(before[k], params[k]) for k in keys), f"{where} changed"
             continue
-        delta = torch.sqrt(
-            sum(((params[k].detach() - before[k]).double() ** 2).sum() for k in keys)
-        )
+        delta = torch.sqrt(sum(((params[k].detach() - before[k]).double() ** 2).sum() for k in keys))
         norm = torch.sqrt(sum((before[k].double() ** 2).sum() for k in keys))
         assert float(delta / norm) > tol, f"{where} moved {float(delta / norm):.3g} <= {tol}"
         grads = [params[k].grad for k in keys if params[k].grad is not None]
@@ -119,10 +111,7 @@ def test_one_step_moves_encoder_and_head_and_jobs_run(name, method_data, tmp_pat
         if definition.job is not None:
             metrics = definition.job(inputs, out)
             numbers = {k: v for k, v in metrics.items() if not k.startswith(ARTIFACT)}
-            assert numbers and all(math.isfinite(float(v)) for v in numbers.values()), (
-                stage,
-                metrics,
-            )
+            assert numbers and all(math.isfinite(float(v)) for v in numbers.values()), (stage, metrics)
             assert set(method.metrics.get(stage, ())) <= set(metrics), stage
             if definition.job_on == "worker":
                 assert any(out.iterdir()), f"{name}.{stage} wrote nothing"
@@ -145,9 +134,7 @@ def test_one_step_moves_encoder_and_head_and_jobs_run(name, method_data, tmp_pat
 
 
 def test_every_builtin_training_stage_has_its_groups():
-    trained = {
-        (n, s) for n in BUILTINS for s, d in METHODS[n].stages.items() if d.recipe is not None
-    }
+    trained = {(n, s) for n in BUILTINS for s, d in METHODS[n].stages.items() if d.recipe is not None}
     assert trained == set(GROUPS)
 
 
@@ -194,11 +181,7 @@ def _equal_states(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict):
-        return (
-            isinstance(b, dict)
-            and a.keys() == b.keys()
-            and all(_equal_states(a[k], b[k]) for k in a)
-        )
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal_states(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(_equal_states(x, y) for x, y in zip(a, b, strict=True))
     return a == b
@@ -212,9 +195,7 @@ def test_loop_resumes_weights_and_optimiser_state_of_a_real_stage(flare_root, tm
     method = METHODS["iou_simsiam_seg"]
 
     def recipe(into=None):
-        r = method.stages["pretrain"].recipe(
-            _inputs(method, "pretrain", flare_root, tmp_path, epochs=2)
-        )
+        r = method.stages["pretrain"].recipe(_inputs(method, "pretrain", flare_root, tmp_path, epochs=2))
         return _snapshot_at_epoch_start(r, 2, into) if into is not None else r
 
     whole: dict = {}
@@ -227,9 +208,7 @@ def test_loop_resumes_weights_and_optimiser_state_of_a_real_stage(flare_root, tm
     seed_everything(0)
     rt = LocalRuntime(tmp_path / "ck", device="cpu")
     first = recipe()
-    first.epoch_start = lambda e: (
-        (_ for _ in ()).throw(Killed(f"killed at epoch {e}")) if e == 2 else None
-    )
+    first.epoch_start = lambda e: (_ for _ in ()).throw(Killed(f"killed at epoch {e}")) if e == 2 else None
     with pytest.raises(Killed, match="killed at epoch 2"):
         fit(first, rt)
     seed_everything(1)  # a fresh process: other initial weights

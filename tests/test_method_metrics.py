@@ -15,10 +15,7 @@ CPU = torch.device("cpu")
 # the losses weighted above 0), or keep a job small
 OVERRIDES = {
     "one_case_cascade": {
-        "segmenter": {
-            f"{name}_weight": 1.0
-            for name in ("jaccard", "dice", "bce", "focal", "tversky", "combo")
-        },
+        "segmenter": {f"{name}_weight": 1.0 for name in ("jaccard", "dice", "bce", "focal", "tversky", "combo")},
         "posthoc": {"pixel_thresholds": [0.5], "cls_thresholds": [0.5], "min_areas": [0]},
     },
 }
@@ -39,12 +36,7 @@ def _recipe_keys(recipe) -> set[str]:
         recipe.epoch_start(1)
     if recipe.epoch_end is not None:
         out = recipe.step(recipe.model, next(iter(recipe.train_loader)), CPU)
-        outputs = [
-            {
-                k: v.detach().float().item() if torch.is_tensor(v) and v.numel() == 1 else v
-                for k, v in out.items()
-            }
-        ]
+        outputs = [{k: v.detach().float().item() if torch.is_tensor(v) and v.numel() == 1 else v for k, v in out.items()}]
         keys |= {f"{recipe.stage}/{k}" for k in recipe.epoch_end(outputs)}
     for evaluation in (recipe.evaluate, recipe.test):
         if evaluation is not None:

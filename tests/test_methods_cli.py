@@ -83,24 +83,16 @@ def _dist(root, name: str, entries: dict[str, str]) -> None:
 def test_listing_names_every_builtin_with_its_facts(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    blocks = {
-        block.split(": ", 1)[0]: block.split(": ", 1)[1] for block in out.strip().split("\n\n")
-    }
+    blocks = {block.split(": ", 1)[0]: block.split(": ", 1)[1] for block in out.strip().split("\n\n")}
     for name in MODULES:
         method = METHODS[name]
         block = blocks[name]
         assert block.startswith(f"seed {method.seed.split('_', 1)[0]}: {method.paper.cite()[:20]}")
-        assert (
-            f"stages: {' -> '.join(s if d.recipe else f'{s} (job)' for s, d in method.stages.items())}"
-            in block
-        )
+        assert f"stages: {' -> '.join(s if d.recipe else f'{s} (job)' for s, d in method.stages.items())}" in block
         assert f"headline metric: {method.monitor}" in block
         assert f"{len(method.departures)} departures from the seed declared" in block
         assert method.monitor in block.split("metric keys:", 1)[1]
-    assert (
-        "data format: flare22;" in out
-        and "data format: several named datasets (data.sources)" in out
-    )
+    assert "data format: flare22;" in out and "data format: several named datasets (data.sources)" in out
     # per-class families are written once: weak_localization's 14 val/auc/<class> keys
     assert "val/auc/* (14 keys)" in out and "val/auc/Atelectasis" not in out
 
@@ -127,10 +119,7 @@ def test_card_of_a_builtin_gives_types_defaults_meanings_keys_baseline(capsys):
 def test_card_lists_nested_model_fields_under_dotted_names(capsys):
     assert main(["methods", "genesis_cls"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "    transforms: TransformsConfig (the defaults of its fields, transforms.<field> below)"
-        in out
-    )
+    assert "    transforms: TransformsConfig (the defaults of its fields, transforms.<field> below)" in out
     assert "    transforms.flip_rate: float, >= 0, <= 1 = 0.4\n" in out
     assert "shared by every fold" in out  # genesis pretraining: StageDef.per_fold False
 
@@ -139,9 +128,7 @@ def test_card_of_an_import_path_method(tmp_path, monkeypatch, capsys):
     module = _module(tmp_path, monkeypatch)
     assert main(["methods", f"{module}:METHOD"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(
-        f"{module}:METHOD: a toy method of one's own\n  from: import path {module}:METHOD\n"
-    )
+    assert out.startswith(f"{module}:METHOD: a toy method of one's own\n  from: import path {module}:METHOD\n")
     assert "  data format: mura\n  headline metric: val/auc" in out
     assert "stage train: training (the epoch loop, DDP workers); consumes nothing; cacheable" in out
     assert "  Trains the toy model; seed section 2 gives the schedule." in out
@@ -161,9 +148,7 @@ def test_card_of_an_import_path_method(tmp_path, monkeypatch, capsys):
     assert "departures from the seed: 1 declared" in out and "  - train.epochs: 7" in out
 
 
-def test_entry_points_are_listed_after_the_builtins_and_found_by_name(
-    tmp_path, monkeypatch, capsys
-):
+def test_entry_points_are_listed_after_the_builtins_and_found_by_name(tmp_path, monkeypatch, capsys):
     module = _module(tmp_path, monkeypatch, method_name="toy_ep")
     _dist(tmp_path, "toy_dist", {"toy_ep": f"{module}:METHOD", "genesis_cls": f"{module}:METHOD"})
     names = list(METHODS)
@@ -192,38 +177,23 @@ def test_entry_points_that_do_not_load_are_named_with_their_value(tmp_path, monk
     with pytest.raises(KeyError, match=r"entry point 'broken' = 'missing_module_xyz.method:METHOD' \(group "
                        r"raysuite.methods, distribution bad_dist 1.0\) cannot be loaded: ModuleNotFoundError"):  # fmt: skip
         METHODS["broken"]
-    with pytest.raises(
-        KeyError,
-        match=r"entry point 'not_a_method' = 'os:path' .* is a module, not a raysuite Method",
-    ):
+    with pytest.raises(KeyError, match=r"entry point 'not_a_method' = 'os:path' .* is a module, not a raysuite Method"):
         METHODS["not_a_method"]
-    with pytest.raises(
-        KeyError,
-        match=r"'misnamed' .* is the method named 'toy': an entry point's name is its method's",
-    ):
+    with pytest.raises(KeyError, match=r"'misnamed' .* is the method named 'toy': an entry point's name is its method's"):
         METHODS["misnamed"]
     assert "broken" not in METHODS and "broken" in list(METHODS)
     # the listing shows the others and names each failure; it exits 1
     assert main(["methods"]) == 1
     captured = capsys.readouterr()
-    assert (
-        "\nbroken: cannot be listed: entry point 'broken' = 'missing_module_xyz.method:METHOD'"
-        in captured.out
-    )
+    assert "\nbroken: cannot be listed: entry point 'broken' = 'missing_module_xyz.method:METHOD'" in captured.out
     assert "iou_simsiam_seg: seed 001" in captured.out
     assert "3 registered method(s) cannot be loaded" in captured.err
     assert main(["methods", "broken"]) == 2
-    assert (
-        "error: entry point 'broken' = 'missing_module_xyz.method:METHOD'"
-        in capsys.readouterr().err
-    )
+    assert "error: entry point 'broken' = 'missing_module_xyz.method:METHOD'" in capsys.readouterr().err
     # a spec naming it says why, not "unknown method"
     raw = {"name": "x", "method": "broken", "data": {"format": "mura", "root": "r"},
            "objective": {"metric": "val/auc", "mode": "max"}}  # fmt: skip
-    with pytest.raises(
-        SpecError,
-        match=r"method: .*entry point 'broken' = .* cannot be loaded: ModuleNotFoundError",
-    ):
+    with pytest.raises(SpecError, match=r"method: .*entry point 'broken' = .* cannot be loaded: ModuleNotFoundError"):
         parse_spec(raw, "spec.yaml")
 
 
@@ -232,9 +202,7 @@ def test_a_name_two_distributions_register_differently_is_refused(tmp_path, monk
     _dist(tmp_path, "first_dist", {"twice": f"{module}:METHOD"})
     _dist(tmp_path, "second_dist", {"twice": "elsewhere.module:METHOD"})
     assert list(METHODS).count("twice") == 1
-    with pytest.raises(
-        KeyError, match=r"method 'twice' is registered twice: entry point 'twice' = .*; entry point"
-    ):
+    with pytest.raises(KeyError, match=r"method 'twice' is registered twice: entry point 'twice' = .*; entry point"):
         METHODS["twice"]
 
 
@@ -246,10 +214,7 @@ def test_unknown_names_exit_2_with_the_known_ones(capsys):
     assert main(["methods", "os:path"]) == 2
     assert "error: method 'os:path' is a module, not a raysuite Method" in capsys.readouterr().err
     assert main(["methods", "no_such_module_q:METHOD"]) == 2
-    assert (
-        "cannot be loaded: ModuleNotFoundError: No module named 'no_such_module_q'"
-        in capsys.readouterr().err
-    )
+    assert "cannot be loaded: ModuleNotFoundError: No module named 'no_such_module_q'" in capsys.readouterr().err
 
 
 def test_one_method_imports_no_other_method_module():
@@ -261,7 +226,5 @@ def test_one_method_imports_no_other_method_module():
         METHODS["iou_simsiam_seg"]
         print(sorted(m for m in MODULES.values() if m in sys.modules))
     """)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['raysuite.methods.iou_simsiam_seg']"

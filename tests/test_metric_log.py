@@ -7,18 +7,11 @@ from raysuite.tune.outcome import CHECKPOINTED, COMPLETE
 
 
 def _row(epoch, loss, checkpointed):
-    return {
-        "finetune/epoch": float(epoch),
-        "finetune/loss": loss,
-        CHECKPOINTED: float(checkpointed),
-    }
+    return {"finetune/epoch": float(epoch), "finetune/loss": loss, CHECKPOINTED: float(checkpointed)}
 
 
 def _history(client, run_id, key):
-    return [
-        (m.step, m.value)
-        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-    ]
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
 def test_a_retry_replaying_epochs_logs_each_step_once(tmp_path):
@@ -30,9 +23,7 @@ def test_a_retry_replaying_epochs_logs_each_step_once(tmp_path):
     log.add(_row(3, 0.8, False))  # the worker dies here: epochs 2-3 are replayed
     log.add(_row(2, 0.7, False))
     log.add(_row(3, 0.6, True))
-    log.add(
-        {"pretrain/epoch": 1.0, "pretrain/loss": 5.0, "stage_cache/hit": 1.0}
-    )  # a cached stage's history
+    log.add({"pretrain/epoch": 1.0, "pretrain/loss": 5.0, "stage_cache/hit": 1.0})  # a cached stage's history
     log.add({"finetune/loss": 0.6, COMPLETE: 1.0})  # the driver's closing row: the outcome only
     assert _history(client, run, "finetune/loss") == [(1, 1.0), (2, 0.7), (3, 0.6)]
     assert _history(client, run, "pretrain/loss") == [(1, 5.0)]

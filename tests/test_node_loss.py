@@ -47,9 +47,7 @@ TRAIN_WORKER = "RayTrainWorker"
 
 def _dead_worker(preempted: bool = False, actor_id: str = "a1") -> WorkerHealthCheckFailedError:
     """A worker as Train reports it once its actor is gone."""
-    return WorkerHealthCheckFailedError(
-        "A worker health check failed.", RayActorError(actor_id, "died", preempted=preempted)
-    )
+    return WorkerHealthCheckFailedError("A worker health check failed.", RayActorError(actor_id, "died", preempted=preempted))
 
 
 def _group_error(*failures: Exception) -> WorkerGroupError:
@@ -67,24 +65,18 @@ def death_causes(monkeypatch):
         return type("ActorState", (), {"death_cause": cause})()
 
     monkeypatch.setattr(trial, "get_actor", get_actor)
-    monkeypatch.setattr(
-        trial.ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "gcs"})()
-    )
+    monkeypatch.setattr(trial.ray, "get_runtime_context", lambda: type("Context", (), {"gcs_address": "gcs"})())
     return causes
 
 
 def test_node_losses_are_told_from_real_errors(death_causes):
     death_causes.update(removed="NODE_DIED", crashed="WORKER_DIED")
     # Train's own verdict: a drained (preempted) node, before or after its workers died
-    assert trial._lost_with_node(
-        PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"n": [0]}))
-    )
+    assert trial._lost_with_node(PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"n": [0]})))
     assert trial._lost_with_node(_group_error(_dead_worker(preempted=True)))
     # a node removed without a drain: Ray says preempted=False, its GCS says the node died;
     # the surviving rank's collateral error does not make it a real one
-    assert trial._lost_with_node(
-        _group_error(RuntimeError("gloo: connection reset"), _dead_worker(actor_id="removed"))
-    )
+    assert trial._lost_with_node(_group_error(RuntimeError("gloo: connection reset"), _dead_worker(actor_id="removed")))
     # real errors: an exception in the training code, a worker process that died on its own
     assert not trial._lost_with_node(_group_error(RuntimeError("a bug")))
     assert not trial._lost_with_node(_group_error(_dead_worker(actor_id="crashed")))
@@ -132,9 +124,7 @@ def test_node_losses_are_bounded(death_causes):
         trial._fit(trainer, "stage", train_retries=0)
     assert trainer.fits == trial.NODE_LOSSES + 1
     # one node loss more than the bound costs a retry, as a real error does
-    assert (
-        trial._fit(_Trainer([lost] * (trial.NODE_LOSSES + 1)), "stage", train_retries=1) == "result"
-    )
+    assert trial._fit(_Trainer([lost] * (trial.NODE_LOSSES + 1)), "stage", train_retries=1) == "result"
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +152,7 @@ def _train_workers(address: str, **filters: str) -> list[Any]:
     return list_actors(address=address, filters=where, detail=True, raise_on_missing_output=False)
 
 
-def _remove_a_training_node(
-    cluster: Cluster, storage: Path, sweep: threading.Thread, timeout_s: float = 300
-) -> str | None:
+def _remove_a_training_node(cluster: Cluster, storage: Path, sweep: threading.Thread, timeout_s: float = 300) -> str | None:
     """Once a stage has written its first checkpoint, remove a worker node on which a Train
     worker is alive, then add a node back (here: Ray's nodes start only from the main
     thread); the removed node's id, or None when the sweep ended first."""
@@ -193,9 +181,7 @@ def test_sweep_survives_a_lost_worker_node(cluster, mlflow_uri, tmp_path, flare_
     path = write_spec(SPEC, root=flare_root, storage=storage, epochs=EPOCHS)
     spec = load_spec(path)
     done: dict[str, Any] = {}
-    sweep = threading.Thread(
-        target=lambda: done.update(outcome=run_sweep(spec, address=cluster.address))
-    )
+    sweep = threading.Thread(target=lambda: done.update(outcome=run_sweep(spec, address=cluster.address)))
     sweep.start()
     lost = _remove_a_training_node(cluster, storage, sweep)
     sweep.join()
@@ -213,9 +199,7 @@ def test_sweep_survives_a_lost_worker_node(cluster, mlflow_uri, tmp_path, flare_
     client = track.client(mlflow_uri)
     assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"
     runs = track.children(client, outcome.parent_run_id)
-    assert len(runs) == 2 and {r.info.status for r in runs} == {
-        "FINISHED"
-    }  # the plan: 1 config x 2 seeds
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # the plan: 1 config x 2 seeds
     for run in runs:
         # the interrupted stage resumed from its checkpoint: no epoch trained twice or skipped
         steps = [s for s, _ in track.metric_history(client, run.info.run_id, "finetune/epoch")]

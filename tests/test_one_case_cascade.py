@@ -53,10 +53,7 @@ def test_arms_times_folds_and_their_labels(spec_path):
     assert len(plans) == 6
     assert [p.label for p in plans[::3]] == ["one_case", "baseline"]
     assert [p.fold for p in plans[:3]] == [0, 1, 2]
-    assert (
-        plans[0].configs["segmenter"]["positives_only"]
-        and not plans[3].configs["segmenter"]["positives_only"]
-    )
+    assert plans[0].configs["segmenter"]["positives_only"] and not plans[3].configs["segmenter"]["positives_only"]
     assert not plans[3].configs["classifier"]["enabled"]
     assert len({p.config_id for p in plans}) == 2  # folds are repeats of one configuration
 
@@ -64,11 +61,7 @@ def test_arms_times_folds_and_their_labels(spec_path):
 def test_threshold_change_keeps_model_and_prediction_keys(spec_path):
     spec = load_spec(spec_path)
     base = plan(spec, {"arm": "one_case"}, {"fold": 0})
-    changed = plan(
-        spec,
-        {"arm": "one_case", "posthoc.min_areas": [0, 10], "posthoc.tta": ["none"]},
-        {"fold": 0},
-    )
+    changed = plan(spec, {"arm": "one_case", "posthoc.min_areas": [0, 10], "posthoc.tta": ["none"]}, {"fold": 0})
     assert {s: base.keys[s] for s in ("classifier", "segmenter", "predict")} == {
         s: changed.keys[s] for s in ("classifier", "segmenter", "predict")
     }
@@ -76,10 +69,7 @@ def test_threshold_change_keeps_model_and_prediction_keys(spec_path):
     # the two models are independent: a classifier change keeps the segmenter's key
     lr = plan(spec, {"arm": "one_case", "classifier.lr": 0.01}, {"fold": 0})
     assert lr.keys["segmenter"] == base.keys["segmenter"]
-    assert (
-        lr.keys["classifier"] != base.keys["classifier"]
-        and lr.keys["predict"] != base.keys["predict"]
-    )
+    assert lr.keys["classifier"] != base.keys["classifier"] and lr.keys["predict"] != base.keys["predict"]
     other_fold = plan(spec, {"arm": "one_case"}, {"fold": 1})
     assert all(other_fold.keys[s] != base.keys[s] for s in base.keys)
 
@@ -88,21 +78,9 @@ def test_threshold_change_keeps_model_and_prediction_keys(spec_path):
     ("edit", "key"),
     [
         (("repeats: {fold: 3}", "repeats: {fold: 6}"), "search.repeats.fold"),
-        (
-            (
-                "classifier.enabled: false, segmenter.positives_only: false",
-                "classifier.enabled: false",
-            ),
-            "search.arms.baseline",
-        ),
-        (
-            ("segmenter.positives_only: true}", "segmenter.positive_only: true}"),
-            "search.arms.one_case.segmenter.positive_only",
-        ),
-        (
-            ("pixel_thresholds: [0.3, 0.5]", "pixel_thresholds: [1.3]"),
-            "stages.posthoc.pixel_thresholds",
-        ),
+        (("classifier.enabled: false, segmenter.positives_only: false", "classifier.enabled: false"), "search.arms.baseline"),
+        (("segmenter.positives_only: true}", "segmenter.positive_only: true}"), "search.arms.one_case.segmenter.positive_only"),
+        (("pixel_thresholds: [0.3, 0.5]", "pixel_thresholds: [1.3]"), "stages.posthoc.pixel_thresholds"),
     ],
 )
 def test_bad_arms_and_folds_are_refused_with_their_key(spec_path, edit, key):
@@ -114,15 +92,13 @@ def test_bad_arms_and_folds_are_refused_with_their_key(spec_path, edit, key):
 
 def test_fold_repeats_need_a_cross_validating_method(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(
-        textwrap.dedent("""
+    path.write_text(textwrap.dedent("""
         name: t
         method: iou_simsiam_seg
         data: {format: flare22, root: /tmp/x}
         search: {repeats: {fold: 2}}
         objective: {metric: val/dice}
-    """)
-    )
+    """))
     with pytest.raises(SpecError, match="does not cross-validate"):
         load_spec(path)
 
@@ -134,9 +110,7 @@ def test_folds_split_patients_and_hold_out_the_test_split(siim_root, tmp_path):
     test = set(first.sample_id[first.role == "test"])
     assert test and all(set(t.sample_id[t.role == "test"]) == test for t in tables)
     vals = [set(t.sample_id[t.role == "val"]) for t in tables]
-    assert set().union(*vals) == set(first.sample_id) - test and sum(map(len, vals)) == len(
-        first
-    ) - len(test)
+    assert set().union(*vals) == set(first.sample_id) - test and sum(map(len, vals)) == len(first) - len(test)
     for t in tables:
         assert not set(t.patient_key[t.role == "val"]) & set(t.patient_key[t.role == "train"])
         assert not set(t.patient_key[t.role == "test"]) & set(t.patient_key[t.role != "test"])
@@ -154,9 +128,7 @@ def test_one_cycle_is_fastai_v1s_by_hand():
     assert cycle.lr(30, total) == pytest.approx(1e-3)
     assert cycle.lr(65, total) == pytest.approx((1e-3 + 4e-9) / 2)
     assert cycle.lr(100, total) == pytest.approx(4e-9)
-    assert [cycle.momentum(s, total) for s in (0, 15, 30, 65, 100)] == pytest.approx(
-        [0.95, 0.90, 0.85, 0.90, 0.95]
-    )
+    assert [cycle.momentum(s, total) for s in (0, 15, 30, 65, 100)] == pytest.approx([0.95, 0.90, 0.85, 0.90, 0.95])
 
 
 def test_cycles_follow_each_other():
@@ -219,11 +191,7 @@ def test_tiny_cascade_learns_and_beats_an_untrained_pair(siim_root, tmp_path):
     assert after["val/dice_per_image"] >= after["val/tta/dice_per_image"] - 1e-12
     assert after["val/dice_per_image"] >= after["val/argmax/dice_per_image"] - 1e-12
     # the wider search is the Searched row; the thesis' Raw row gates at 0.5, no minimum area
-    assert (
-        after["val/search/dice_per_image"]
-        == after["val/dice_per_image"]
-        >= after["val/raw/dice_per_image"]
-    )
+    assert after["val/search/dice_per_image"] == after["val/dice_per_image"] >= after["val/raw/dice_per_image"]
 
 
 @pytest.mark.parametrize("train_bn", [True, False])
@@ -254,9 +222,7 @@ def _segmenter_recipe(data, tmp_path, **extra):
 
     weights = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), weights)
-    return METHOD.stages["segmenter"].recipe(
-        _inputs("segmenter", data, weights=str(weights), **extra)
-    )
+    return METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights=str(weights), **extra))
 
 
 def test_segmenter_trains_two_one_cycles_frozen_then_unfrozen(siim_root, tmp_path):
@@ -269,26 +235,17 @@ def test_segmenter_trains_two_one_cycles_frozen_then_unfrozen(siim_root, tmp_pat
     total = 18 * per_epoch
     lrs = [recipe.lr_at(s, total) for s in range(total)]
     assert lrs[0] == pytest.approx(4e-5) and lrs[6 * per_epoch] == pytest.approx(4e-5)  # restart
-    assert lrs[int(60 * 0.3)] == pytest.approx(1e-3) and lrs[60 + int(120 * 0.3)] == pytest.approx(
-        1e-3
-    )
+    assert lrs[int(60 * 0.3)] == pytest.approx(1e-3) and lrs[60 + int(120 * 0.3)] == pytest.approx(1e-3)
     assert lrs[59] < 1e-5 and lrs[-1] < 1e-6
     recipe.lr_at(60, total)
-    assert optimizer.param_groups[1]["betas"] == pytest.approx(
-        (0.95, 0.99)
-    )  # fastai's Adam betas, cycled beta1
+    assert optimizer.param_groups[1]["betas"] == pytest.approx((0.95, 0.99))  # fastai's Adam betas, cycled beta1
     recipe.lr_at(60 + 36, total)
     assert optimizer.param_groups[1]["betas"][0] == pytest.approx(0.85)
 
     recipe.epoch_start(1)
     assert optimizer.param_groups[0]["fixed_lr"] and optimizer.param_groups[0]["lr"] == 0.0
     frozen = {id(p) for p in optimizer.param_groups[0]["params"]}
-    bn = {
-        id(p)
-        for m in recipe.model.encoder.modules()
-        if isinstance(m, torch.nn.BatchNorm2d)
-        for p in m.parameters()
-    }
+    bn = {id(p) for m in recipe.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     assert not frozen & bn and id(recipe.model.encoder.conv1.weight) in frozen  # train_bn
     recipe.model.train()
     assert recipe.model.encoder.bn1.training  # fastai v1's train_bn keeps BN training
@@ -302,9 +259,7 @@ def test_segmenter_trains_two_one_cycles_frozen_then_unfrozen(siim_root, tmp_pat
 
 def test_no_frozen_cycle_without_pretrained_weights(siim_root, tmp_path):
     data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
-    recipe = METHOD.stages["segmenter"].recipe(
-        _inputs("segmenter", data, epochs=18, frozen_epochs=6, lr=1e-3)
-    )
+    recipe = METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, epochs=18, frozen_epochs=6, lr=1e-3))
     recipe.make_optimizer(recipe.model)
     recipe.epoch_start(1)
     lrs = [recipe.lr_at(s, 180) for s in range(180)]
@@ -336,21 +291,13 @@ def test_arms_start_from_imagenet_and_load_those_tensors(siim_root, tmp_path, pr
     torchvision's cache, placed here as the library would after its download)."""
     data = {"format": "siim_acr", "root": str(siim_root), "cache_dir": str(tmp_path / "cache")}
     state = pretrained_cache.place("resnet18")
-    classifier = (
-        METHOD.stages["classifier"].recipe(_inputs("classifier", data, weights="imagenet")).model
-    )
-    segmenter = (
-        METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights="imagenet")).model
-    )
+    classifier = METHOD.stages["classifier"].recipe(_inputs("classifier", data, weights="imagenet")).model
+    segmenter = METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights="imagenet")).model
     for key in ("conv1.weight", "layer4.1.bn2.running_var"):
         assert torch.equal(classifier.state_dict()[key], state[key])
         assert torch.equal(segmenter.encoder.state_dict()[key], state[key])
-    assert not torch.equal(
-        classifier.fc.weight[:1], state["fc.weight"][:1].expand_as(classifier.fc.weight)
-    )
-    scratch = (
-        METHOD.stages["classifier"].recipe(_inputs("classifier", data)).model
-    )  # TINY: weights none
+    assert not torch.equal(classifier.fc.weight[:1], state["fc.weight"][:1].expand_as(classifier.fc.weight))
+    scratch = METHOD.stages["classifier"].recipe(_inputs("classifier", data)).model  # TINY: weights none
     assert not torch.equal(scratch.conv1.weight, state["conv1.weight"])
 
 
@@ -367,9 +314,7 @@ def test_the_seeds_archs_fit_torchvisions_imagenet_files(pretrained_cache):
             model = occ.segmenter_model(occ.SegmenterConfig(), path).encoder
         else:
             model = occ.classifier_model(occ.ClassifierConfig(), path)
-        assert torch.equal(
-            model.state_dict()["layer3.2.conv2.weight"], state["layer3.2.conv2.weight"]
-        )
+        assert torch.equal(model.state_dict()["layer3.2.conv2.weight"], state["layer3.2.conv2.weight"])
 
 
 def test_weights_that_do_not_fit_are_refused(siim_root, tmp_path, pretrained_cache):
@@ -382,9 +327,7 @@ def test_weights_that_do_not_fit_are_refused(siim_root, tmp_path, pretrained_cac
     torch.save(timm.create_model("resnet34").state_dict(), other)
     with pytest.raises(ValueError, match=str(other)):
         METHOD.stages["segmenter"].recipe(_inputs("segmenter", data, weights=str(other)))
-    with pytest.raises(
-        WeightsUnavailable, match="not in the cache"
-    ):  # nothing placed: never trained from scratch
+    with pytest.raises(WeightsUnavailable, match="not in the cache"):  # nothing placed: never trained from scratch
         METHOD.stages["classifier"].recipe(_inputs("classifier", data, weights="imagenet"))
 
 
@@ -407,12 +350,8 @@ def test_compared_arms_differ_only_in_what_is_compared():
     search; they differ in the classifier gate and the U-Net's training population."""
     by_arm = _shipped_configs()
     one, base = by_arm["one_case"], by_arm["baseline"]
-    assert {k: v for k, v in one["segmenter"].items() if base["segmenter"][k] != v} == {
-        "positives_only": True
-    }
-    assert {k: v for k, v in one["classifier"].items() if base["classifier"][k] != v} == {
-        "enabled": True
-    }
+    assert {k: v for k, v in one["segmenter"].items() if base["segmenter"][k] != v} == {"positives_only": True}
+    assert {k: v for k, v in one["classifier"].items() if base["classifier"][k] != v} == {"enabled": True}
     assert one["predict"] == base["predict"] and one["posthoc"] == base["posthoc"]
     assert one["segmenter"]["weights"] == "imagenet" and one["classifier"]["weights"] == "imagenet"
 
@@ -456,9 +395,7 @@ def test_table_5_1_rows_are_the_thesis_and_the_wider_search_is_apart(tmp_path):
     assert metrics["val/raw/dice_per_image"] == pytest.approx(0.75)
     assert metrics["val/tta/dice_per_image"] == pytest.approx(0.75)
     assert metrics["val/argmax/dice_per_image"] == pytest.approx(0.75)
-    assert (
-        metrics["val/search/dice_per_image"] == pytest.approx(1.0) == metrics["val/dice_per_image"]
-    )
+    assert metrics["val/search/dice_per_image"] == pytest.approx(1.0) == metrics["val/dice_per_image"]
     assert metrics["posthoc/min_area"] == 4
     table = pd.read_csv(io.StringIO(metrics["artifact/posthoc/table_5_1.csv"]))
     rows = table[table.split == "val"].set_index("row")
@@ -472,30 +409,12 @@ def test_table_5_1_rows_are_the_thesis_and_the_wider_search_is_apart(tmp_path):
     # 4 thresholds x 2 areas x 2 TTA modes x the one classifier threshold; only 0.5 with the
     # area filter scores 1, under both TTA modes (flip-equivariant): the tie goes to "none"
     assert metrics["posthoc/combinations"] == 16
-    assert (
-        metrics["posthoc/pixel_threshold"],
-        metrics["posthoc/cls_threshold"],
-        metrics["posthoc/tta_flip"],
-    ) == (0.5, 0.5, 0.0)
+    assert (metrics["posthoc/pixel_threshold"], metrics["posthoc/cls_threshold"], metrics["posthoc/tta_flip"]) == (0.5, 0.5, 0.0)
     search = pd.read_csv(io.StringIO(metrics["artifact/posthoc/val_search.csv"]))
-    assert search.iloc[0][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == [
-        "none",
-        0.5,
-        4,
-        1.0,
-    ]
-    assert search.iloc[1][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == [
-        "flip",
-        0.5,
-        4,
-        1.0,
-    ]
-    assert metrics["test/dice_per_image"] == 1.0 and metrics[
-        "test/raw/dice_per_image"
-    ] == pytest.approx(0.75)
-    assert metrics["val/cls_f1"] == pytest.approx(
-        2 * 0.5 / 1.5
-    )  # all 4 called abnormal, 2 are: precision 1/2
+    assert search.iloc[0][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == ["none", 0.5, 4, 1.0]
+    assert search.iloc[1][["tta", "pixel_threshold", "min_area", "dice_per_image"]].tolist() == ["flip", 0.5, 4, 1.0]
+    assert metrics["test/dice_per_image"] == 1.0 and metrics["test/raw/dice_per_image"] == pytest.approx(0.75)
+    assert metrics["val/cls_f1"] == pytest.approx(2 * 0.5 / 1.5)  # all 4 called abnormal, 2 are: precision 1/2
 
 
 def test_arms_beside_optuna_run_as_their_own_study():
@@ -532,32 +451,21 @@ def test_posthoc_job_searches_through_the_searcher_it_is_given(tmp_path):
         calls.append((dict(space), objective, mode, n_trials, seed))
         return search(evaluate, space, objective, mode, n_trials, seed)
 
-    inputs, out = _posthoc_inputs(
-        tmp_path, _planted_predictions(), pixel_thresholds=[0.5, 0.75], seed=4
-    )
+    inputs, out = _posthoc_inputs(tmp_path, _planted_predictions(), pixel_thresholds=[0.5, 0.75], seed=4)
     grid = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
     assert grid == METHOD.stages["posthoc"].job(inputs, out)  # the fallback grid gives the same
     space, objective, mode, n_trials, seed = calls[0]
     assert list(space) == ["tta", "pixel_threshold", "cls_threshold", "min_area"]
-    assert space["pixel_threshold"] == knobs.Choice((0.5, 0.75)) and space["tta"] == knobs.Choice(
-        ("none", "flip")
-    )
+    assert space["pixel_threshold"] == knobs.Choice((0.5, 0.75)) and space["tta"] == knobs.Choice(("none", "flip"))
     assert (objective, mode, n_trials, seed) == ("dice_per_image", "max", None, 4)
 
     inputs, out = _posthoc_inputs(tmp_path, _planted_predictions(), search="optuna", optuna_trials=7,
                                   pixel_threshold_range=(0.4, 0.9), min_area_range=(0, 8))  # fmt: skip
-    with pytest.raises(
-        ValueError,
-        match=r"Optuna post-hoc search \(n_trials=7\) runs only with the sweep's searcher",
-    ):
+    with pytest.raises(ValueError, match=r"Optuna post-hoc search \(n_trials=7\) runs only with the sweep's searcher"):
         METHOD.stages["posthoc"].job(inputs, out)
-    optuna = METHOD.stages["posthoc"].job(
-        dataclasses.replace(inputs, posthoc_search=recording), out
-    )
+    optuna = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
     space, _, _, n_trials, _ = calls[1]
-    assert space["pixel_threshold"] == knobs.FloatRange(0.4, 0.9) and space[
-        "min_area"
-    ] == knobs.IntRange(0, 8)
+    assert space["pixel_threshold"] == knobs.FloatRange(0.4, 0.9) and space["min_area"] == knobs.IntRange(0, 8)
     assert space["cls_threshold"] == knobs.FloatRange(0.01, 0.99) and n_trials == 7
     assert optuna["posthoc/combinations"] == 7 and 0.4 <= optuna["posthoc/pixel_threshold"] <= 0.9
 
@@ -578,9 +486,7 @@ def test_posthoc_job_without_a_classifier_searches_no_classifier_threshold(tmp_p
 
     inputs, out = _posthoc_inputs(tmp_path, posthoc.Predictions(seg=planted.seg, truth=planted.truth),
                                   pixel_thresholds=[0.5, 0.75], cls_thresholds=[0.3, 0.5])  # fmt: skip
-    metrics = METHOD.stages["posthoc"].job(
-        dataclasses.replace(inputs, posthoc_search=recording), out
-    )
+    metrics = METHOD.stages["posthoc"].job(dataclasses.replace(inputs, posthoc_search=recording), out)
     assert spaces == [["tta", "pixel_threshold", "min_area"]]
     assert metrics["posthoc/combinations"] == 2 * 2 and math.isnan(metrics["posthoc/cls_threshold"])
     assert "val/cls_auc" not in metrics

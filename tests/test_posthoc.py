@@ -357,15 +357,11 @@ def test_evaluator_is_evaluate_without_the_knobs(planted):
     """The protocol's ``evaluate(**knobs)``: evaluate's scores, the knobs left to the row;
     one cache for every call, a classifier threshold exactly when there is a classifier."""
     cache = StatsCache(planted)
-    scores = evaluator(planted, cache)(
-        tta="flip", pixel_threshold=0.55, min_area=10, cls_threshold=0.5
-    )
+    scores = evaluator(planted, cache)(tta="flip", pixel_threshold=0.55, min_area=10, cls_threshold=0.5)
     full = evaluate(planted, 0.55, 0.5, 10, "flip")
     assert scores == {k: v for k, v in full.items() if k not in KNOBS} and len(cache) == 1
     assert scores["cls_f1"] == 1.0
-    with pytest.raises(
-        ValueError, match="these predictions have a classifier: give a cls_threshold"
-    ):
+    with pytest.raises(ValueError, match="these predictions have a classifier: give a cls_threshold"):
         evaluator(planted)(tta="none", pixel_threshold=0.5, min_area=0)
     baseline = Predictions(seg=planted.seg, truth=planted.truth)
     with pytest.raises(ValueError, match="have no classifier: give no cls_threshold"):
@@ -382,12 +378,7 @@ def test_grid_by_hand_on_two_images():
     truth = np.array([[[True, False]], [[False, False]]])
     pred = Predictions(seg=seg, truth=truth, cls=np.array([[0.9, 0.9], [0.2, 0.2]], np.float32))
     rows = search_posthoc(
-        evaluator(pred),
-        grid_space((0.7, 0.5), (0.1, 0.5), (0,), ("none",)),
-        "dice_per_image",
-        "max",
-        None,
-        0,
+        evaluator(pred), grid_space((0.7, 0.5), (0.1, 0.5), (0,), ("none",)), "dice_per_image", "max", None, 0
     )
     # dice per image: (0.7, 0.1) 1, (0.7, 0.5) 1, (0.5, 0.1) (1 + 0) / 2, (0.5, 0.5) 1
     assert [(r["pixel_threshold"], r["cls_threshold"], r["dice_per_image"]) for r in rows] == [

@@ -195,20 +195,12 @@ def test_header_strings_are_kept_only_as_dicom_codes():
 
 def test_error_rows_keep_the_exception_class_never_its_message(tmp_path):
     ledger = Ledger(root=tmp_path)
-    ledger.fail_from(
-        "s1", ValueError("could not convert string to float: 'MRN7654321'"), tmp_path / "a/x.dcm"
-    )
+    ledger.fail_from("s1", ValueError("could not convert string to float: 'MRN7654321'"), tmp_path / "a/x.dcm")
     ledger.fail("s2", "/elsewhere/DOE^JANE/x.dcm", "outside_root", "fixed")
     ledger.fail("s3", tmp_path / "Doe, Jane/x.dcm", "truncated", "fixed")
     ledger.fail("s4", os.fsdecode(b"p/\xff.png"), "bad_filename", "fixed")
     rows = ledger.error_frame().to_dict("records")
-    assert rows[0] == {
-        "sample_id": "s1",
-        "file": "a/x.dcm",
-        "reason": "unreadable",
-        "detail": UNEXPECTED,
-        "exception": "ValueError",
-    }
+    assert rows[0] == {"sample_id": "s1", "file": "a/x.dcm", "reason": "unreadable", "detail": UNEXPECTED, "exception": "ValueError"}
     assert rows[1]["file"] == "x.dcm"  # outside the root: its name alone
     assert rows[2]["file"] == "<redacted>/x.dcm" and rows[3]["file"] == "p/\ufffd.png"
     ledger.add({"sample_id": "s5", "path": os.fsdecode(b"p/\xfe.png")})

@@ -10,9 +10,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from raysuite.data.readers import ReadError, read_dicom, read_mhd, read_nifti, read_png
 from raysuite.data.synth.dicom_writer import Identity, write_dicom
 
-IDENTITY = Identity(
-    "PID-4471", "QUILL^AGATHA", "19451102", "ACC-99812", "St Elsewhere Clinic", "HOUSE^GREGORY"
-)
+IDENTITY = Identity("PID-4471", "QUILL^AGATHA", "19451102", "ACC-99812", "St Elsewhere Clinic", "HOUSE^GREGORY")
 PIXELS = np.random.default_rng(0).integers(0, 4096, (48, 40)).astype(np.uint16)
 
 
@@ -41,9 +39,7 @@ def test_monochrome1_is_inverted(tmp_path):
     np.testing.assert_array_equal(inverted, PIXELS.max() + PIXELS.min() - plain)
 
 
-@pytest.mark.parametrize(
-    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name
-)
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda s: s.name)
 def test_lossless_encodings_decode_identically(tmp_path, syntax):
     reference, _ = read_dicom(_dicom(tmp_path / "raw.dcm"))
     decoded, meta = read_dicom(_dicom(tmp_path / "c.dcm", transfer_syntax=syntax))
@@ -96,10 +92,7 @@ def test_broken_dicoms_raise_read_errors_with_codes(tmp_path):
     ds.save_as(tmp_path / "nopix.dcm", enforce_file_format=True)
     codes = {}
     for name in ("trunc", "head", "scrambled", "nopix", "missing"):
-        with pytest.raises(
-            ReadError,
-            match="(pixel data truncated or corrupt|no pixel data|not a DICOM file|file not found)",
-        ) as err:
+        with pytest.raises(ReadError, match="(pixel data truncated or corrupt|no pixel data|not a DICOM file|file not found)") as err:
             read_dicom(tmp_path / f"{name}.dcm")
         codes[name] = err.value.code
         assert "QUILL" not in str(err.value) and "PID-4471" not in str(err.value)
@@ -226,9 +219,7 @@ def test_reader_reasons_quote_neither_paths_nor_exceptions(tmp_path):
     (folder / "x.nii.gz").write_bytes(b"not a nifti at all")
     (folder / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     for reader, name in ((read_nifti, "x.nii.gz"), (read_png, "x.png")):
-        with pytest.raises(
-            ReadError, match="(not a readable NIfTI file|not a PNG/JPEG image)"
-        ) as err:
+        with pytest.raises(ReadError, match="(not a readable NIfTI file|not a PNG/JPEG image)") as err:
             reader(folder / name)
         assert "QUILL" not in err.value.reason and str(tmp_path) not in err.value.reason
 
@@ -244,9 +235,7 @@ def test_a_metaimage_data_file_outside_the_root_is_refused(tmp_path):
     row = {"path": "p1/v.mhd", "depth": 2, "height": 3, "width": 4}
     for read in (lambda: read_mhd(mhd), lambda: read_mhd(mhd, tmp_path / "root"),
                  lambda: read_slice(tmp_path / "root", row, 0)):  # fmt: skip
-        with pytest.raises(
-            ReadError, match="ElementDataFile resolves outside the dataset root"
-        ) as err:
+        with pytest.raises(ReadError, match="ElementDataFile resolves outside the dataset root") as err:
             read()
         assert err.value.code == "outside_root"
     inside = _write_mhd(tmp_path / "root" / "p1", data, ElementDataFile="../p2/x.raw")
@@ -270,9 +259,7 @@ def test_read_slice_follows_links_only_inside_the_root(tmp_path):
     (root / "p" / "out.png").symlink_to(tmp_path / "outside" / "g.png")
     np.testing.assert_array_equal(read_slice(root, {"path": "p/in.png"}, 0), gray)
     for read in (read_slice, SliceReader()):
-        with pytest.raises(
-            ReadError, match=r"resolves outside the dataset root \(a symbolic link or \.\.\)"
-        ) as err:
+        with pytest.raises(ReadError, match=r"resolves outside the dataset root \(a symbolic link or \.\.\)") as err:
             read(root, {"path": "p/out.png"}, 0)
         assert err.value.code == "outside_root"
         with pytest.raises(ReadError, match="outside"):

@@ -114,10 +114,7 @@ def test_duplicate_suggestions_are_answered_from_the_original():
     search.on_trial_complete("t0", {"m": 0.2, COMPLETE: 1})
     assert inner.told == {}  # one repeat is not a configuration
     search.on_trial_complete("t1", {"m": 0.4, COMPLETE: 1})
-    assert inner.told == {
-        "t0-s0": pytest.approx(0.3),
-        "t2-s1": pytest.approx(0.3),
-    }  # the duplicate too
+    assert inner.told == {"t0-s0": pytest.approx(0.3), "t2-s1": pytest.approx(0.3)}  # the duplicate too
     assert search.suggest("t3") == {"s.x": 2, "__trial_index__": 1}
     assert search.suggest("t4") == Searcher.FINISHED  # 3 suggestions asked: the budget
 

@@ -172,9 +172,7 @@ def test_optuna_sweep_gets_importance_and_parallel_coordinates(store, tmp_path):
     parent = plant(store, spec, arms, searched=drawn)
     from raysuite.tune.optuna_importance import param_importances
 
-    report = report_sweep(
-        MlflowClient(store), parse_spec(spec), parent, tmp_path / "r", param_importances
-    )
+    report = report_sweep(MlflowClient(store), parse_spec(spec), parent, tmp_path / "r", param_importances)
     assert {"optuna_importance.png", "optuna_parallel_coordinates.png"} <= {
         p.name for p in report.files
     }

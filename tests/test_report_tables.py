@@ -105,8 +105,6 @@ def test_the_baseline_is_the_one_equal_on_the_least_varied_settings(order):
         for name, (init, encoder, task, epochs) in cells.items()
         for f in range(2)
     ][::order]  # fmt: skip
-    table = baseline_comparison(pd.DataFrame(rows), {"pretrain.init": "scratch"}).set_index(
-        "config"
-    )
+    table = baseline_comparison(pd.DataFrame(rows), {"pretrain.init": "scratch"}).set_index("config")
     assert table.loc["genesis-vgg", "baseline"] == "scratch-vgg"
     assert table.loc["genesis-r50", "baseline"] == "scratch-r50"

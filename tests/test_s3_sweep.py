@@ -22,25 +22,16 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
 
 
 def _objects(endpoint: str, bucket: str) -> list[str]:
-    pages = (
-        boto3.client("s3", endpoint_url=endpoint)
-        .get_paginator("list_objects_v2")
-        .paginate(Bucket=bucket)
-    )
+    pages = boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def _read(endpoint: str, bucket: str, key: str) -> bytes:
-    return (
-        boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
-    )
+    return boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def _history(client, runs) -> dict[str, list[int]]:
-    return {
-        r.info.run_id: [s for s, _ in track.metric_history(client, r.info.run_id, "finetune/epoch")]
-        for r in runs
-    }
+    return {r.info.run_id: [s for s, _ in track.metric_history(client, r.info.run_id, "finetune/epoch")] for r in runs}
 
 
 def test_quickstart_on_s3_then_resume_from_an_empty_directory(ray_session, s3_server, s3_bucket, mlflow_server,
@@ -62,12 +53,8 @@ def test_quickstart_on_s3_then_resume_from_an_empty_directory(ray_session, s3_se
     parent = client.get_run(state["parent_run_id"])
     assert parent.info.status == "FINISHED" and state["tracking_uri"] == mlflow_server
     runs = track.children(client, state["parent_run_id"])
-    assert len(runs) == 6 and {r.info.status for r in runs} == {
-        "FINISHED"
-    }  # 3 configurations x 2 seeds
-    markers = [
-        k for k in keys if k.startswith("runs/stage_cache/") and k.endswith("/_COMPLETE.json")
-    ]
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}  # 3 configurations x 2 seeds
+    markers = [k for k in keys if k.startswith("runs/stage_cache/") and k.endswith("/_COMPLETE.json")]
     pretrain = [json.loads(_read(s3_server, bucket, k)) for k in markers]
     pretrain = [m for m in pretrain if m["stage"] == "pretrain"]
     assert len(pretrain) == 2  # two intervals pretrain once each; both seeds share it
@@ -83,9 +70,7 @@ def test_quickstart_on_s3_then_resume_from_an_empty_directory(ray_session, s3_se
     monkeypatch.chdir(second_dir)
     assert cli.main(["sweep", str(QUICKSTART), "--smoke", "--resume"]) == 0
     again = track.children(client, state["parent_run_id"])
-    assert {r.info.run_id for r in again} == set(before) and {r.info.status for r in again} == {
-        "FINISHED"
-    }
+    assert {r.info.run_id for r in again} == set(before) and {r.info.status for r in again} == {"FINISHED"}
     assert _history(client, again) == before  # no epoch logged twice, no trial trained again
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     sweeps = client.search_runs([parent.info.experiment_id], f"tags.`{track.ROLE}` = 'sweep'")

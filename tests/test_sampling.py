@@ -135,17 +135,13 @@ def test_works_in_dataloader_with_constant_length():
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(
-        ValueError, match=r"factors must be a non-empty 1-D array, got shape \(0,\)"
-    ):
+    with pytest.raises(ValueError, match=r"factors must be a non-empty 1-D array, got shape \(0,\)"):
         RepeatFactorSampler(np.array([]))
     with pytest.raises(ValueError, match="with at least one >= 1"):
         RepeatFactorSampler(np.array([0.5, 0.2]))
     with pytest.raises(ValueError, match="repeat factors must be finite"):
         RepeatFactorSampler(np.array([1.0, np.nan]))
-    with pytest.raises(
-        ValueError, match=r"Invalid rank 2, rank should be in the interval \[0, 1\]"
-    ):
+    with pytest.raises(ValueError, match=r"Invalid rank 2, rank should be in the interval \[0, 1\]"):
         RepeatFactorSampler(EXPECTED, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="epoch must be >= 0, got -1"):
         RepeatFactorSampler(EXPECTED).set_epoch(-1)

@@ -33,16 +33,12 @@ PYTEST = _script("pytest", "pytest:console_main")
 def _env(**extra: str) -> dict[str, str]:
     """This environment (the tests' salt included) with the working directory alone on PYTHONPATH
     and no RAY_ADDRESS: a sweep starts its own local Ray, never joins this process's."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "RAY_ADDRESS"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "RAY_ADDRESS"}
     return {**env, "PYTHONPATH": ".", **extra}
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -62,10 +58,9 @@ def test_writes_the_package_its_sweep_its_test_and_its_entry_point(scaffolded):
     assert (scaffolded / f"{NAME}.egg-info/entry_points.txt").read_text() == (
         f"[raysuite.methods]\n{NAME} = {NAME}.method:METHOD\n"
     )
-    assert (
-        f'[project.entry-points."raysuite.methods"]\n{NAME} = "{NAME}.method:METHOD"'
-        in (scaffolded / "pyproject.toml").read_text()
-    )
+    assert f'[project.entry-points."raysuite.methods"]\n{NAME} = "{NAME}.method:METHOD"' in (
+        scaffolded / "pyproject.toml"
+    ).read_text()
     sweep = (scaffolded / f"sweeps/{NAME}.yaml").read_text()
     assert f"method: {NAME}.method:METHOD\n" in sweep and "synthetic_if_missing: true" in sweep
     assert "__NAME__" not in "".join(files(NAME).values())
@@ -79,10 +74,7 @@ def test_lists_and_describes_it_with_the_directory_on_pythonpath(scaffolded):
     assert "  data format: mura; headline metric: val/auc\n" in listed.stdout
     card = _run([*RAYSUITE, "methods", NAME], scaffolded)
     assert card.returncode == 0, card.stderr
-    assert (
-        "    flip: bool = true\n        random horizontal flips of the training images\n"
-        in card.stdout
-    )
+    assert "    flip: bool = true\n        random horizontal flips of the training images\n" in card.stdout
     assert "  baseline arm: train.flip=false\n" in card.stdout
     # without the directory on the path there is no such method
     elsewhere = _run([*RAYSUITE, "methods", NAME], scaffolded / "tests", PYTHONPATH="")
@@ -116,10 +108,7 @@ def test_refuses_to_overwrite_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / f"test_{NAME}.py").write_text("# mine\n")
     assert main(["new", "method", NAME, str(tmp_path)]) == 2
-    assert (
-        f"would overwrite {tmp_path / 'tests' / f'test_{NAME}.py'}; nothing written"
-        in capsys.readouterr().err
-    )
+    assert f"would overwrite {tmp_path / 'tests' / f'test_{NAME}.py'}; nothing written" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == [f"test_{NAME}.py", "tests"]
     (tmp_path / "tests" / f"test_{NAME}.py").unlink()
     (tmp_path / NAME).mkdir()  # a package folder of that name already
@@ -153,9 +142,5 @@ def test_its_sweep_smoke_finishes_every_child(scaffolded):
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # 2 arms x 2 seeds
     for run in runs:
         assert 0.0 <= run.data.metrics["val/auc"] <= 1.0
-        assert [s for s, _ in track.metric_history(client, run.info.run_id, "train/epoch")] == [
-            1,
-            2,
-            3,
-        ]
+        assert [s for s, _ in track.metric_history(client, run.info.run_id, "train/epoch")] == [1, 2, 3]
     assert (scaffolded / "data" / "mura-smoke-synthetic" / ".raysuite-complete").is_file()

@@ -2,6 +2,7 @@
 text (Benčević, Galić, Pizurica: SimCLR pretraining for Faster R-CNN on VinDr-CXR), not from
 the code; every other difference from the seed is in the ledger."""
 
+
 import pytest
 
 from raysuite.departures import departures_of

@@ -179,10 +179,7 @@ def test_weighted_seg_loss_rejects_bad_config():
 
 def test_rejects_wrong_shapes():
     logits, target = _case()
-    with pytest.raises(
-        ValueError,
-        match=r"expected logits \(B, 2, H, W\) and target \(B, H, W\), got \(2, 1, 1, 2\)",
-    ):
+    with pytest.raises(ValueError, match=r"expected logits \(B, 2, H, W\) and target \(B, H, W\), got \(2, 1, 1, 2\)"):
         dice_loss(logits[:, :1], target)
     with pytest.raises(ValueError, match=r"got \(2, 2, 1, 2\) and \(2, 2\)"):
         dice_loss(logits, target[:, 0])

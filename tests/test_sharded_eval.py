@@ -75,10 +75,7 @@ LABELS = [1, 1, 0, 0, 1, 0, 0]
 
 def _auc_evaluation() -> Evaluation:
     def predict(model, device, shard):
-        return [
-            (i, SCORES[i], LABELS[i], dist.get_rank() if dist.is_initialized() else 0)
-            for i in shard
-        ]
+        return [(i, SCORES[i], LABELS[i], dist.get_rank() if dist.is_initialized() else 0) for i in shard]
 
     def score(records):
         ids = [r[0] for r in records]
@@ -93,35 +90,24 @@ def _auc_evaluation() -> Evaluation:
 
 def _auc_job(runtime):
     one = Evaluation([5], lambda m, d, shard: [len(shard)], lambda records: {"records": records})
-    return run_evaluation(_auc_evaluation(), None, runtime.device, runtime), run_evaluation(
-        one, None, runtime.device, runtime
-    )
+    return run_evaluation(_auc_evaluation(), None, runtime.device, runtime), run_evaluation(one, None, runtime.device, runtime)
 
 
 def test_sharded_auc_scores_gathered_records_not_shard_means(tmp_path):
     single = _auc_evaluation()(None, torch.device("cpu"))
-    shard_means = np.mean(
-        [roc_auc(np.array(SCORES[r::WORLD]), np.array(LABELS[r::WORLD])) for r in range(WORLD)]
-    )
-    assert shard_means == 1.0 and single["auc"] == pytest.approx(
-        10 / 12
-    )  # a mean of shard metrics is detectable
+    shard_means = np.mean([roc_auc(np.array(SCORES[r::WORLD]), np.array(LABELS[r::WORLD])) for r in range(WORLD)])
+    assert shard_means == 1.0 and single["auc"] == pytest.approx(10 / 12)  # a mean of shard metrics is detectable
     results = _spawn(tmp_path, _auc_job)
     for sharded, one in results:
         assert sharded["auc"] == pytest.approx(single["auc"], abs=1e-12)
         assert sharded["in_order"] == 1.0
         assert sharded["ranks"] == [i % WORLD for i in range(len(SCORES))]  # items r::W on rank r
         assert one == {"records": [1]}  # rank 1's empty shard: predict not called
-    assert (
-        run_evaluation(_auc_evaluation(), None, torch.device("cpu"), LocalRuntime(device="cpu"))
-        == single
-    )
+    assert run_evaluation(_auc_evaluation(), None, torch.device("cpu"), LocalRuntime(device="cpu")) == single
 
 
 def test_plain_callable_evaluate_runs_on_rank_0_and_is_broadcast():
-    assert run_evaluation(
-        lambda m, d: {"x": 1.0}, None, torch.device("cpu"), LocalRuntime(device="cpu")
-    ) == {"x": 1.0}
+    assert run_evaluation(lambda m, d: {"x": 1.0}, None, torch.device("cpu"), LocalRuntime(device="cpu")) == {"x": 1.0}
 
 
 # ------------------------------------------------------- iou_simsiam_seg's finetune dice
@@ -156,21 +142,13 @@ def _reference_dice(recipe, data: dict) -> dict[str, float]:
         for img, seg in val:
             for z0 in range(0, img.shape[0], 16):
                 x = torch.from_numpy(np.asarray(img[z0 : z0 + 16], np.float32))[:, None]
-                logits = sliding_window_inference(
-                    x, cfg.crop_size, cfg.sw_batch_size, net, overlap=cfg.sw_overlap
-                )
-                dice = dice_per_slice(
-                    logits.argmax(1),
-                    torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64)),
-                    flare22.NUM_CLASSES,
-                )
+                logits = sliding_window_inference(x, cfg.crop_size, cfg.sw_batch_size, net, overlap=cfg.sw_overlap)
+                dice = dice_per_slice(logits.argmax(1), torch.from_numpy(np.asarray(seg[z0 : z0 + 16], np.int64)), flare22.NUM_CLASSES)
                 organ.append(dice[:, 1:])
                 with_bg.append(dice)
     every = torch.cat(with_bg)  # (slices, classes), NaN where a class is absent from a slice
     present = ~torch.isnan(every)
-    per_slice = (
-        torch.where(present, every, 0).sum(1)[present.any(1)] / present.sum(1)[present.any(1)]
-    )
+    per_slice = torch.where(present, every, 0).sum(1)[present.any(1)] / present.sum(1)[present.any(1)]
     return {"val/dice": float(per_slice.mean()), "val/dice_organs": m._nanmean(torch.cat(organ)),
             "val/dice_bg": m._nanmean(every)}  # fmt: skip
 
@@ -187,9 +165,7 @@ def test_sharded_dice_equals_single_process(flare_root, tmp_path):
     data = {"format": "flare22", "root": str(flare_root), "cache_dir": str(tmp_path / "cache")}
     torch.manual_seed(0)
     recipe = _seg_recipe(data)
-    assert (
-        isinstance(recipe.evaluate, Evaluation) and len(recipe.evaluate.items) == 3
-    )  # split 2 / 1
+    assert isinstance(recipe.evaluate, Evaluation) and len(recipe.evaluate.items) == 3  # split 2 / 1
     with torch.no_grad():  # a model whose argmax varies over the image: the dice is not trivially 0
         for p in recipe.model.parameters():
             p.add_(torch.randn_like(p) * 0.5)

@@ -132,9 +132,7 @@ def test_nt_xent_bf16_inputs_computed_in_fp32():
 
 
 def test_nt_xent_rejects_mismatched_shapes():
-    with pytest.raises(
-        ValueError, match=r"expected two \(N, d\) tensors of equal shape, got \(3, 4\) and \(2, 4\)"
-    ):
+    with pytest.raises(ValueError, match=r"expected two \(N, d\) tensors of equal shape, got \(3, 4\) and \(2, 4\)"):
         nt_xent(torch.randn(3, 4), torch.randn(2, 4))
 
 
@@ -259,9 +257,7 @@ def test_augment_shapes_dtype_range():
         aug(torch.ones(1, 8, 8, dtype=torch.uint8), _gen())
     with pytest.raises(ValueError, match="blur_kernel must be a positive odd integer, got 20"):
         SimCLRAugment(blur_kernel=20)
-    with pytest.raises(
-        ValueError, match=r"scale must be an ordered range of positive numbers, got \(0\.5, 0\.2\)"
-    ):
+    with pytest.raises(ValueError, match=r"scale must be an ordered range of positive numbers, got \(0\.5, 0\.2\)"):
         SimCLRAugment(scale=(0.5, 0.2))
 
 

@@ -144,16 +144,9 @@ def test_files_whose_keys_do_not_fit_are_refused(pretrained_cache, tmp_path):
 
 def test_check_refuses_arms_that_cannot_mean_what_they_say():
     def errors(fraction, **fine):
-        pre = _cfg("pretrain", arch="resnet50", fraction=max(fraction, 0.1)).model_copy(
-            update={"fraction": fraction}
-        )
+        pre = _cfg("pretrain", arch="resnet50", fraction=max(fraction, 0.1)).model_copy(update={"fraction": fraction})
         base = {"arch": "resnet50", "weights": "coco", "frozen_bn": True, "trainable_layers": 3}
-        return [
-            k
-            for k, _ in sd.check(
-                StageConfigs({"pretrain": pre, "finetune": _cfg("finetune", **(base | fine))})
-            )
-        ]
+        return [k for k, _ in sd.check(StageConfigs({"pretrain": pre, "finetune": _cfg("finetune", **(base | fine))}))]
 
     assert errors(0.0) == [] and errors(0.5) == []  # the seed's arms: COCO, SimCLR over COCO
     assert errors(0.5, arch="resnet18", weights="none") == ["finetune.arch"]

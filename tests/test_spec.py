@@ -30,10 +30,7 @@ def test_shipped_specs_and_cluster_validate(capsys):
         (("iou_interval: [0.3, 0.6]}", "iou_interval: [0.7, 0.6]}"), "stages.pretrain"),
         (("iou_interval: [0.3, 0.6]}", "iou_interval: [0.3, 1.6]}"), "stages.pretrain"),
         (("pretrain.iou_interval:", "pretrain.iou_intervl:"), "search.grid.pretrain.iou_intervl"),
-        (
-            ("[[0.3, 0.6], null]", "[[0.3, 0.6], [0.9, 0.1]]"),
-            "search.grid.pretrain.iou_interval[1]",
-        ),
+        (("[[0.3, 0.6], null]", "[[0.3, 0.6], [0.9, 0.1]]"), "search.grid.pretrain.iou_interval[1]"),
         (("objective:", "objectiv:"), "objectiv"),
         (("format: flare22", "format: mura"), "data.format"),
         (("epochs: 2,", "epochs: many,"), "stages.pretrain.epochs"),
@@ -70,9 +67,7 @@ def test_env_expands_values_only_as_text(tmp_path, monkeypatch, write_spec):
     stays inside its string instead of adding keys."""
     monkeypatch.delenv("RAYSUITE_TEST_UNSET", raising=False)
     monkeypatch.setenv("RAYSUITE_TEST_NAME", "t\nmethod: genesis_cls")
-    text = "# run with ${RAYSUITE_TEST_UNSET} set\n" + BASE.replace(
-        "name: t", 'name: "${RAYSUITE_TEST_NAME}"'
-    )
+    text = "# run with ${RAYSUITE_TEST_UNSET} set\n" + BASE.replace("name: t", 'name: "${RAYSUITE_TEST_NAME}"')
     spec = load_spec(write_spec(text))
     assert (spec.name, spec.method) == ("t\nmethod: genesis_cls", "iou_simsiam_seg")
     assert expand_tree({"${A}": ["${A}", 3]}, "p", {"A": "x"}) == {"${A}": ["x", 3]}
@@ -81,17 +76,10 @@ def test_env_expands_values_only_as_text(tmp_path, monkeypatch, write_spec):
 def test_set_shorthand_grid_axes_and_arms(tmp_path, write_spec):
     spec = load_spec(
         write_spec(BASE),
-        [
-            "pretrain.lr=0.05",
-            "search.grid.finetune.lr=[0.1, 0.01]",
-            "search.repeats.finetune.seed=2",
-        ],
+        ["pretrain.lr=0.05", "search.grid.finetune.lr=[0.1, 0.01]", "search.repeats.finetune.seed=2"],
     )
     assert spec.stages["pretrain"]["lr"] == 0.05
-    assert spec.search.grid == {
-        "pretrain.iou_interval": [[0.3, 0.6], None],
-        "finetune.lr": [0.1, 0.01],
-    }
+    assert spec.search.grid == {"pretrain.iou_interval": [[0.3, 0.6], None], "finetune.lr": [0.1, 0.01]}
     assert spec.search.repeats == {"finetune.seed": 2}
     spec = load_spec("sweeps/one_case_vs_baseline.yaml", ["search.arms.one_case.segmenter.lr=0.01"])
     assert spec.search.arms["one_case"]["segmenter.lr"] == 0.01
@@ -104,18 +92,12 @@ def test_validate_takes_set_items(tmp_path, capsys, write_spec):
     assert "stages.finetune.epochs" in capsys.readouterr().err
 
 
-def test_sweep_and_train_refuse_a_missing_data_root_before_ray(
-    tmp_path, capsys, monkeypatch, write_spec
-):
+def test_sweep_and_train_refuse_a_missing_data_root_before_ray(tmp_path, capsys, monkeypatch, write_spec):
     import raysuite.tune.sweep
 
     started = []
-    outcome = SimpleNamespace(
-        parent_run_id="p", stage_runs={}, summary=SimpleNamespace(empty=True), failed=False
-    )
-    monkeypatch.setattr(
-        raysuite.tune.sweep, "run_sweep", lambda *a, **k: started.append(a) or outcome
-    )
+    outcome = SimpleNamespace(parent_run_id="p", stage_runs={}, summary=SimpleNamespace(empty=True), failed=False)
+    monkeypatch.setattr(raysuite.tune.sweep, "run_sweep", lambda *a, **k: started.append(a) or outcome)
     monkeypatch.setattr(raysuite.tune.sweep, "run_single", lambda *a, **k: started.append(a))
     path = write_spec(BASE.replace("/tmp/x", str(tmp_path / "absent")))
     assert main(["validate", str(path)]) == 0  # validate checks the data with --data only
@@ -146,9 +128,7 @@ def test_smoke_epochs_win_over_an_arms_own_schedule():
     epochs = METHODS["genesis_cls"].smoke["finetune"]["epochs"]
     configs = [resolve_stage_configs(shrunk, p, where="search") for p in all_points(shrunk)]
     assert {c["finetune"]["epochs"] for c in configs} == {epochs}
-    assert {
-        (c["pretrain"]["init"], c["pretrain"]["encoder"], c["finetune"]["task"]) for c in configs
-    } == {
+    assert {(c["pretrain"]["init"], c["pretrain"]["encoder"], c["finetune"]["task"]) for c in configs} == {
         (c["pretrain"]["init"], c["pretrain"]["encoder"], c["finetune"]["task"])
         for c in (resolve_stage_configs(full, p, where="search") for p in all_points(full))
     }

@@ -13,10 +13,7 @@ RAW = {
     "name": "k",
     "method": "iou_simsiam_seg",
     "objective": {"metric": "val/dice"},
-    "stages": {
-        "pretrain": {"batch_size": 8},
-        "finetune": {"batch_size": 4, "labelled_cases": 3, "val_cases": 2},
-    },
+    "stages": {"pretrain": {"batch_size": 8}, "finetune": {"batch_size": 4, "labelled_cases": 3, "val_cases": 2}},
     "search": {"grid": {"pretrain.iou_interval": [[0.3, 0.6]]}},
 }
 
@@ -55,21 +52,12 @@ def test_fingerprint_follows_the_modules_a_method_imports(tmp_path, monkeypatch)
         return code_fingerprint.fingerprint("raysuite.methods.iou_simsiam_seg")
 
     modules = code_fingerprint.modules_of("raysuite.methods.iou_simsiam_seg")
-    assert {"raysuite.train.loop", "raysuite.methods.nn.simsiam", "raysuite.data.crops"} <= set(
-        modules
-    )
-    assert (
-        "raysuite.report.sweep_report" not in modules
-        and "raysuite.methods.genesis_cls" not in modules
-    )
+    assert {"raysuite.train.loop", "raysuite.methods.nn.simsiam", "raysuite.data.crops"} <= set(modules)
+    assert "raysuite.report.sweep_report" not in modules and "raysuite.methods.genesis_cls" not in modules
     base = fp()
-    (copy / "report" / "sweep_report.py").write_text(
-        "# the report changed\n"
-    )  # not imported: same key
+    (copy / "report" / "sweep_report.py").write_text("# the report changed\n")  # not imported: same key
     assert fp() == base
-    (copy / "data" / "crops.py").write_text(
-        (copy / "data" / "crops.py").read_text() + "\n# a fix\n"
-    )
+    (copy / "data" / "crops.py").write_text((copy / "data" / "crops.py").read_text() + "\n# a fix\n")
     assert fp() != base
 
 
@@ -87,9 +75,7 @@ def test_fingerprint_follows_a_method_packages_own_modules(tmp_path, monkeypatch
     (pkg / "__init__.py").write_text("")
     (pkg / "losses.py").write_text("def loss():\n    return 1\n")
     (pkg / "unused.py").write_text("X = 1\n")
-    (pkg / "method.py").write_text(
-        "from my_fp_pkg.losses import loss\nfrom raysuite.methods.base import Method\n"
-    )
+    (pkg / "method.py").write_text("from my_fp_pkg.losses import loss\nfrom raysuite.methods.base import Method\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def fingerprint() -> str:
@@ -98,9 +84,7 @@ def test_fingerprint_follows_a_method_packages_own_modules(tmp_path, monkeypatch
         return code_fingerprint.fingerprint("my_fp_pkg.method")
 
     before = fingerprint()
-    assert {"my_fp_pkg.method", "my_fp_pkg.losses", "raysuite.methods.base"} <= set(
-        code_fingerprint.modules_of("my_fp_pkg.method")
-    )
+    assert {"my_fp_pkg.method", "my_fp_pkg.losses", "raysuite.methods.base"} <= set(code_fingerprint.modules_of("my_fp_pkg.method"))
     (pkg / "unused.py").write_text("X = 2\n")
     assert fingerprint() == before
     (pkg / "losses.py").write_text("def loss():\n    return 2\n")
@@ -129,11 +113,6 @@ def test_cache_ls_and_rm(tmp_path, capsys):
 def test_asha_max_t_short_of_the_progress_stage_is_refused(max_t):
     from raysuite.spec import SpecError, load_spec
 
-    with pytest.raises(
-        SpecError, match=r"search\.scheduler\.asha\.max_t: 1[07] is below segmenter\.epochs \(18\)"
-    ) as err:
+    with pytest.raises(SpecError, match=r"search\.scheduler\.asha\.max_t: 1[07] is below segmenter\.epochs \(18\)") as err:
         load_spec("sweeps/one_case_search.yaml", [f"search.scheduler.asha.max_t={max_t}"])
-    assert (
-        err.value.key == "search.scheduler.asha.max_t"
-        and "segmenter.epochs (18)" in err.value.message
-    )
+    assert err.value.key == "search.scheduler.asha.max_t" and "segmenter.epochs (18)" in err.value.message

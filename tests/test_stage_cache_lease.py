@@ -89,9 +89,7 @@ def test_an_expired_lease_passes_to_exactly_one_claimant(coordinator, clock):
     assert not c.claim(KEY, "w1", 10.0)
     clock.advance(0.5)
     assert [c.claim(KEY, owner, 10.0) for owner in ("w1", "w2", "w3")] == [True, False, False]
-    assert not c.renew(KEY, "dead") and not c.finish(
-        KEY, STAGE, True, "dead", "inv"
-    )  # it holds nothing
+    assert not c.renew(KEY, "dead") and not c.finish(KEY, STAGE, True, "dead", "inv")  # it holds nothing
     assert c.stats("inv") == {"computed": {}, "hits": {}}
     assert not c.claim(KEY, "w2", 10.0)  # the dead owner's finish released nobody's lease
     assert c.leases[KEY].owner == "w1"
@@ -134,16 +132,14 @@ class _InProcess:
 def local_cache(coordinator, monkeypatch, tmp_path):
     """(storage, scope, coordinator): ``get_or_compute`` against the in-process coordinator."""
     actor = _InProcess(coordinator)
-    fake_ray = types.SimpleNamespace(
-        get_actor=lambda name, namespace=None: actor, get=lambda ref, timeout=None: ref
-    )
+    fake_ray = types.SimpleNamespace(get_actor=lambda name, namespace=None: actor, get=lambda ref, timeout=None: ref)
     monkeypatch.setattr(stage_cache, "ray", fake_ray)
     return str(tmp_path / "storage"), stage_cache.Scope("actor", "inv", lease_s=10.0), coordinator
 
 
 @pytest.mark.parametrize("taker_fails", [False, True])
 def test_a_lost_lease_publishes_nothing_while_another_holds_it(local_cache, clock, taker_fails):
-    """ "slow" computes, its lease expires and "taker" claims the key before slow's compute
+    """"slow" computes, its lease expires and "taker" claims the key before slow's compute
     returns. Slow writes no marker: it waits (polling) while taker holds the lease; taker
     publishes (slow returns taker's marker, computed=False) or fails and releases (slow
     claims again and publishes its own)."""
@@ -171,16 +167,12 @@ def test_a_lost_lease_publishes_nothing_while_another_holds_it(local_cache, cloc
     clock.on_sleep.append(taker_ends)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(stage_cache, "write_marker", recording_write)
-        marker, computed = stage_cache.get_or_compute(
-            storage, KEY, STAGE, "slow", slow_compute, scope, poll_s=0.25
-        )
+        marker, computed = stage_cache.get_or_compute(storage, KEY, STAGE, "slow", slow_compute, scope, poll_s=0.25)
     assert clock.sleeps == [0.25]  # one poll while the taker held the lease
     owner = "slow" if taker_fails else "taker"
     assert (marker["checkpoint"], computed) == (f"/ckpt/{owner}", taker_fails)
     assert stage_cache.read_marker(storage, KEY) == marker
-    assert writes == (
-        ["/ckpt/slow"] if taker_fails else []
-    )  # slow wrote only once it held the lease
+    assert writes == (["/ckpt/slow"] if taker_fails else [])  # slow wrote only once it held the lease
     assert KEY not in c.leases  # released on finish, whoever finished
     assert c.stats("inv") == {"computed": {STAGE: [KEY]}, "hits": {} if taker_fails else {STAGE: 1}}
 
@@ -190,9 +182,7 @@ def test_waiters_poll_until_the_marker_and_count_a_hit(local_cache, clock):
     assert c.claim(KEY, "producer", 10.0)
     publish = lambda: stage_cache.write_marker(storage, KEY, {"checkpoint": "/ckpt/p"})  # noqa: E731
     clock.on_sleep += [lambda: None, publish]  # the producer publishes during the second poll
-    marker, computed = stage_cache.get_or_compute(
-        storage, KEY, STAGE, "waiter", lambda: {}, scope, poll_s=1.0
-    )
+    marker, computed = stage_cache.get_or_compute(storage, KEY, STAGE, "waiter", lambda: {}, scope, poll_s=1.0)
     assert (marker, computed, clock.sleeps) == ({"checkpoint": "/ckpt/p"}, False, [1.0, 1.0])
     assert c.stats("inv")["hits"] == {STAGE: 1} and c.leases[KEY].owner == "producer"
 

@@ -11,19 +11,10 @@ from raysuite import storage
 
 def test_join_and_full_uri_keep_the_scheme_and_the_query() -> None:
     base = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert (
-        storage.join(base, "sweep", "sweep.json")
-        == "s3://bucket/runs/sweep/sweep.json?endpoint_override=127.0.0.1:9000&scheme=http"
-    )
+    assert storage.join(base, "sweep", "sweep.json") == "s3://bucket/runs/sweep/sweep.json?endpoint_override=127.0.0.1:9000&scheme=http"
     # Ray hands an S3 checkpoint back as bucket/key, without its scheme
-    assert (
-        storage.full_uri(base, "bucket/runs/c/checkpoint_000001")
-        == "s3://bucket/runs/c/checkpoint_000001?endpoint_override=127.0.0.1:9000&scheme=http"
-    )
-    assert (
-        storage.full_uri("/data/runs", "/data/runs/c/checkpoint_000001")
-        == "/data/runs/c/checkpoint_000001"
-    )
+    assert storage.full_uri(base, "bucket/runs/c/checkpoint_000001") == "s3://bucket/runs/c/checkpoint_000001?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage.full_uri("/data/runs", "/data/runs/c/checkpoint_000001") == "/data/runs/c/checkpoint_000001"
     assert storage.join("/data/runs/", "x") == "/data/runs/x"
 
 
@@ -50,7 +41,5 @@ def test_s3_round_trip(how, s3_server, s3_bucket, monkeypatch, tmp_path) -> None
     (tmp_path / "report" / "summary.csv").write_text("config,n\n")
     storage.upload_dir(tmp_path / "report", storage.join(base, "sweep"))
     client = boto3.client("s3", endpoint_url=s3_server)
-    keys = {
-        o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket.removeprefix("s3://"))["Contents"]
-    }
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket.removeprefix("s3://"))["Contents"]}
     assert {"runs/x/marker.json", "runs/sweep/summary.csv"} <= keys

@@ -30,10 +30,7 @@ def shown_commands() -> list[tuple[str, list[str]]]:
                 commands = COMMAND.findall(comment)
                 found += [(path, shlex.split(c.strip().rstrip(".,;)"))[1:]) for c in commands]
                 if not commands:
-                    found += [
-                        (path, ["validate", path, "--set", item.rstrip(".,;)")])
-                        for item in SET.findall(comment)
-                    ]
+                    found += [(path, ["validate", path, "--set", item.rstrip(".,;)")]) for item in SET.findall(comment)]
     return found
 
 
@@ -41,9 +38,7 @@ def test_the_sweeps_show_commands():
     assert any(argv[0] != "validate" for _, argv in shown_commands())
 
 
-@pytest.mark.parametrize(
-    ("path", "argv"), shown_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v
-)
+@pytest.mark.parametrize(("path", "argv"), shown_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_a_command_shown_in_a_comment_validates(path, argv, capsys):
     args = parser().parse_args(argv)  # exits (fails the test) on options the CLI lacks
     if argv[0] != "validate":

@@ -42,9 +42,7 @@ class FakeOptuna(Searcher):
         self.n += 1
         return {"x.y": self.n - 1}
 
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.told[trial_id] = result
 
     def get_state(self) -> dict[str, Any]:
@@ -60,12 +58,8 @@ class FakeOptuna(Searcher):
         self.n = int(Path(path).read_text())
 
 
-def searcher(
-    cache: Cache, grid: list[int], optuna: Searcher | None = None, lookahead: int = 1
-) -> SharedStageSearcher:
-    return SharedStageSearcher(
-        grid, optuna, cache.shared_keys, lambda k: k in cache.stored, "m", "max", lookahead
-    )
+def searcher(cache: Cache, grid: list[int], optuna: Searcher | None = None, lookahead: int = 1) -> SharedStageSearcher:
+    return SharedStageSearcher(grid, optuna, cache.shared_keys, lambda k: k in cache.stored, "m", "max", lookahead)
 
 
 def points(suggestions: list[Any]) -> list[Any]:
@@ -126,8 +120,6 @@ def test_resume_keeps_who_waits_for_whom(tmp_path: Any) -> None:
     assert again.optuna.n == optuna.n
     # grid index 1 still waits for A: Optuna's next two go first, then nothing can start
     got = [again.suggest(f"t{i}") for i in (2, 3, 4)]
-    assert [(g[STUDY], g["x.y"]) for g in got[:2]] == [("optuna", 1), ("optuna", 2)] and got[
-        2
-    ] is None
+    assert [(g[STUDY], g["x.y"]) for g in got[:2]] == [("optuna", 1), ("optuna", 2)] and got[2] is None
     cache.stored.add("A")
     assert again.suggest("t5") == {POINT: 1, STUDY: "grid"}

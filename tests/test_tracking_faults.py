@@ -25,10 +25,7 @@ RAW = {
     "name": "faults",
     "method": "iou_simsiam_seg",
     "objective": {"metric": "val/dice"},
-    "stages": {
-        "pretrain": {"batch_size": 8},
-        "finetune": {"batch_size": 4, "labelled_cases": 3, "val_cases": 2},
-    },
+    "stages": {"pretrain": {"batch_size": 8}, "finetune": {"batch_size": 4, "labelled_cases": 3, "val_cases": 2}},
     "search": {"grid": {"pretrain.iou_interval": [[0.3, 0.6]]}},
 }
 
@@ -51,36 +48,21 @@ def waits(monkeypatch):
 
 @pytest.fixture()
 def spec(flare_root, tmp_path):
-    return parse_spec(
-        {
-            **RAW,
-            "data": {
-                "format": "flare22",
-                "root": str(flare_root),
-                "cache_dir": str(tmp_path / "cache"),
-            },
-        }
-    )
+    return parse_spec({**RAW, "data": {"format": "flare22", "root": str(flare_root), "cache_dir": str(tmp_path / "cache")}})
 
 
 def _locked():
     """What SqlAlchemyStore raises for sqlite's ``database is locked``."""
-    raise MlflowException(
-        "(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE
-    )
+    raise MlflowException("(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE)
 
 
 def _refused():
     """What MLflow's REST client raises once its HTTP retries are spent on a stopped server:
     an MlflowException raised while handling the requests error (no cause, a context)."""
     try:
-        raise requests.ConnectionError(
-            "Failed to establish a new connection: [Errno 111] Connection refused"
-        )
+        raise requests.ConnectionError("Failed to establish a new connection: [Errno 111] Connection refused")
     except requests.ConnectionError as err:
-        raise MlflowException(
-            f"API request to http://127.0.0.1:1/api/2.0/mlflow/runs/log-batch failed with exception {err}"
-        )  # noqa: B904
+        raise MlflowException(f"API request to http://127.0.0.1:1/api/2.0/mlflow/runs/log-batch failed with exception {err}")  # noqa: B904
 
 
 def _rate_limited():
@@ -88,9 +70,7 @@ def _rate_limited():
 
 
 def _invalid():
-    raise RestException(
-        {"error_code": "INVALID_PARAMETER_VALUE", "message": "a value MLflow refuses"}
-    )
+    raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "a value MLflow refuses"})
 
 
 class Flaky:
@@ -123,11 +103,7 @@ class _Trial:
 
 
 def _row(epoch, loss, checkpointed=True):
-    return {
-        "finetune/epoch": float(epoch),
-        "finetune/loss": loss,
-        CHECKPOINTED: float(checkpointed),
-    }
+    return {"finetune/epoch": float(epoch), "finetune/loss": loss, CHECKPOINTED: float(checkpointed)}
 
 
 def _history(client, run_id, key="finetune/loss"):
@@ -183,10 +159,7 @@ def test_an_outage_keeps_rows_back_and_they_land_once_it_is_over(store, waits, c
     client.down = True
     log.add(_row(1, 1.0))  # every attempt fails: the whole backoff, then a cool-down
     assert asked == list(retry.DELAYS_S) and client.calls["log_batch"] == len(retry.DELAYS_S) + 1
-    assert (
-        "[raysuite] tracking: unavailable (MlflowException: API request to"
-        in capsys.readouterr().out
-    )
+    assert "[raysuite] tracking: unavailable (MlflowException: API request to" in capsys.readouterr().out
     log.add(_row(2, 0.9))  # within the cool-down: not even tried
     assert client.calls["log_batch"] == len(retry.DELAYS_S) + 1
     assert [step for _, step, _ in log.unsent] == [1, 2] and not log.logged  # nothing marked logged
@@ -224,21 +197,15 @@ def test_cleanup_never_raises_and_is_tried_during_an_outage(store, capsys):
         retry.retried(client.get_run, run)  # an outage begins: its cool-down too
     before = client.calls["set_terminated"]
     assert track.close_run(client, run, failed=True) is False
-    assert (
-        client.calls["set_terminated"] == before + len(retry.DELAYS_S) + 1
-    )  # tried, cool-down or not
-    child = real.create_run(
-        real.get_run(run).info.experiment_id, tags={track.PARENT: run}
-    ).info.run_id
+    assert client.calls["set_terminated"] == before + len(retry.DELAYS_S) + 1  # tried, cool-down or not
+    child = real.create_run(real.get_run(run).info.experiment_id, tags={track.PARENT: run}).info.run_id
     assert track.close_children(client, run) is None
     out = capsys.readouterr().out
     assert f"[raysuite] tracking: could not end run {run}: MlflowException" in out
     assert f"could not fail the unfinished children of run {run}" in out
     client.down = False
     assert track.close_children(client, run) == 1 and track.close_run(client, run) is True
-    assert (
-        real.get_run(child).info.status == "FAILED" and real.get_run(run).info.status == "FINISHED"
-    )
+    assert real.get_run(child).info.status == "FAILED" and real.get_run(run).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("comes_back", [False, True])
@@ -261,9 +228,7 @@ def test_the_tune_callback_survives_an_outage_of_any_length(spec, store, capsys,
     callback.on_experiment_end([trial])
     out = capsys.readouterr().out
     if comes_back:  # the study's end sends what the outage kept back and ends the run
-        assert _history(real, run) == [(1, 0.9), (2, 0.8)] and _history(real, run, COMPLETE) == [
-            (0, 1.0)
-        ]
+        assert _history(real, run) == [(1, 0.9), (2, 0.8)] and _history(real, run, COMPLETE) == [(0, 1.0)]
         assert real.get_run(run).info.status == "FINISHED" and "lost" not in out
     else:  # lost, and said so; the run is left for the sweep's close_children
         assert f"run {run}: 3 metric rows could not be logged and are lost" in out
@@ -287,19 +252,13 @@ def test_the_train_callback_never_fails_the_training(monkeypatch, capsys):
 
 
 @pytest.mark.timeout(1500)
-def test_a_real_server_stopped_mid_sweep_and_restarted(
-    spec, tmp_path, empty_store, waits, monkeypatch, capsys
-):
+def test_a_real_server_stopped_mid_sweep_and_restarted(spec, tmp_path, empty_store, waits, monkeypatch, capsys):
     now, _ = waits
-    monkeypatch.setenv(
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"
-    )  # the retrying is raysuite's alone here
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the retrying is raysuite's alone here
     root = tmp_path / "server"
     root.mkdir()
     shutil.copy(empty_store, root / "mlflow.db")
-    server = MlflowServer(
-        f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log"
-    ).start()
+    server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", root / "server.log").start()
     uri = server.uri
     try:
         parent = track.start_parent(track.client(uri), "faults", {}, {})

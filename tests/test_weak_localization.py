@@ -180,9 +180,7 @@ def test_report_writes_table_1_per_accuracy_and_configuration(tmp_path):
     )
     assert pd.isna(iou["Pneumothorax"])  # no fold evaluated it: the column stays, empty
     ior = table[table.accuracy == "IoR"].iloc[0]
-    assert (
-        ior["Nodule"] == "0.8000 (n=1)" and ior["folds"] == 2
-    )  # one fold had it: no spread to show
+    assert ior["Nodule"] == "0.8000 (n=1)" and ior["folds"] == 2  # one fold had it: no spread to show
 
 
 def test_tiny_run_localises_better_than_constant_predictors(data, tmp_path):

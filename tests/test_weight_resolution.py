@@ -43,9 +43,9 @@ def test_unavailable_weights_skip_their_configuration_with_the_reason(
     assert "no such file" in skipped[f'train.weights="{tmp_path / "nowhere.pth"}"']
     # the grid study runs only the "none" configuration's two repeats
     points = grid_trials(spec, resolution.reason)
-    assert len(points) == 2 and {decode(spec, {POINT: p})[0]["train.weights"] for p in points} == {
-        "none"
-    }
+    assert len(points) == 2 and {
+        decode(spec, {POINT: p})[0]["train.weights"] for p in points
+    } == {"none"}
     assert len(all_points(spec)) == 3
 
 
